@@ -1,0 +1,58 @@
+# Two commands matter: `make demo` and `make test`. Both bootstrap everything they need from
+# python3 alone: uv (pinned) in .tools/, the locked environment in .venv/, and a project-local
+# Airflow home in .airflow/ with a migrated SQLite metadata database.
+
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+export AIRFLOW_HOME := $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN := sqlite:///$(CURDIR)/.airflow/airflow.db
+
+.PHONY: demo test setup lint format lock clean demo-reset
+
+demo: setup
+	$(BIN)/handoff demo
+
+demo-reset: setup
+	$(BIN)/handoff demo --reset
+
+test: setup
+	$(BIN)/pytest
+
+setup: .airflow/.migrated
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+lock: $(UV)
+	$(UV) lock
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+.airflow/.migrated: $(VENV)/.synced
+	mkdir -p .airflow
+	$(BIN)/airflow db migrate > .airflow/migrate.log 2>&1 || { cat .airflow/migrate.log; exit 1; }
+	touch $@
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .airflow var .pytest_cache .ruff_cache

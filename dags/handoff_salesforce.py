@@ -1,0 +1,118 @@
+"""
+### Salesforce handoff: Closed Won deals become a welcome email and CRM tasks
+
+Every day this DAG reads the opportunities that changed in Salesforce since its last run, finds
+the deals that became **Closed Won** (within a look-back window, so a first install never mails a
+backlog), and for each new deal:
+
+- sends the client's primary contact a **welcome email** from the configured executive, Cc the
+  rep and the CSM (contacts who opted out get nothing; the reason is recorded);
+- creates a **"First CS contact"** task for the CSM, due within 4 hours of the close;
+- creates an **"Internal handoff meeting"** task for deals at or above the configured amount.
+
+Each step happens once per deal, whatever the re-runs and retries. Deals with bad data (no
+primary contact, invalid email, no owner...) are reported by deal and field; the others go on.
+
+Connections: `salesforce_default` (Salesforce), `smtp_default` (SMTP). Playbook settings:
+`include/config/handoff.toml`. What each run did: the `summarise` task's log and
+`var/runs/<run id>/summary.json` (with the `.eml` and HTML preview of every email sent).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import CronTriggerTimetable, dag, task
+
+SOURCE = "salesforce"
+
+
+@dag(
+    schedule=CronTriggerTimetable("0 6 * * *", timezone="UTC", interval=timedelta(days=1)),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["handoff", "salesforce"],
+    default_args={
+        "owner": "revops",
+        "retries": 3,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=15),
+    },
+)
+def handoff_salesforce():
+    @task
+    def extract(**context) -> dict:
+        from handoff.pipeline import extract_changes
+        from handoff_airflow import runtime
+        from handoff_airflow.hooks import HandoffSalesforceHook
+
+        config = runtime.settings()
+        crm = HandoffSalesforceHook().get_crm(config)
+        store = runtime.state_store(config)
+        return extract_changes(crm, store, config, runtime.run_context(context).window_end)
+
+    @task
+    def detect(extracted: dict, **context) -> dict:
+        from handoff.pipeline import detect_new_wins
+        from handoff_airflow import runtime
+
+        config = runtime.settings()
+        store = runtime.state_store(config)
+        return detect_new_wins(store, config, SOURCE, runtime.run_context(context))
+
+    @task
+    def plan(detected: dict, **context) -> dict:
+        from handoff.pipeline import plan_actions
+        from handoff_airflow import runtime
+
+        config = runtime.settings()
+        store = runtime.state_store(config)
+        return plan_actions(store, config, SOURCE, runtime.run_context(context))
+
+    @task
+    def send_emails(planned: dict, **context) -> dict:
+        from handoff.pipeline import send_emails as send
+        from handoff_airflow import runtime
+        from handoff_airflow.hooks import HandoffSmtpHook
+
+        config = runtime.settings()
+        store = runtime.state_store(config)
+        return send(store, config, HandoffSmtpHook().transport, runtime.run_context(context))
+
+    @task
+    def write_tasks(planned: dict, **context) -> dict:
+        from handoff.pipeline import write_tasks as write
+        from handoff_airflow import runtime
+        from handoff_airflow.hooks import HandoffSalesforceHook
+
+        config = runtime.settings()
+        crm = HandoffSalesforceHook().get_crm(config)
+        store = runtime.state_store(config)
+        return write(crm, store, runtime.run_context(context))
+
+    @task
+    def summarise(extracted: dict, emails: dict, tasks: dict, **context) -> dict:
+        from handoff.pipeline import format_summary, summarise, summary_line
+        from handoff_airflow import runtime
+
+        config = runtime.settings()
+        store = runtime.state_store(config)
+        calls = extracted["api_calls"] + tasks["api_calls"]
+        summary = summarise(store, config, SOURCE, runtime.run_context(context), calls)
+        print(format_summary(summary))
+        print(summary_line(summary))
+        return {k: summary[k] for k in ("emails_sent", "tasks_created", "skipped", "failed")}
+
+    extracted = extract()
+    planned = plan(detect(extracted))
+    summarise(extracted, send_emails(planned), write_tasks(planned))
+
+
+handoff_salesforce_dag = handoff_salesforce()
+
+if __name__ == "__main__":
+    handoff_salesforce_dag.test()

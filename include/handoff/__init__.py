@@ -1,0 +1,1 @@
+"""Handoff Autopilot: the business logic, free of Airflow."""

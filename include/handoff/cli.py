@@ -1,0 +1,259 @@
+"""``handoff``: run the handoff DAG, the sandbox CRM, the SMTP sink, or the whole demo.
+
+``handoff run`` makes one run of the same DAG the scheduler runs (``dags/handoff_<source>.py``,
+through Airflow's ``dag.test``), against whatever the Airflow connections point at, and prints
+the run's summary and one JSON line. ``handoff demo`` does the same against the built-in sandbox
+CRM and a local SMTP sink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+SOURCES = ("salesforce",)
+
+
+def project_root() -> Path:
+    """The folder holding dags/, plugins/, include/ (``HANDOFF_HOME`` when set)."""
+    return Path(os.environ.get("HANDOFF_HOME") or Path(__file__).resolve().parents[2])
+
+
+def airflow_environment(root: Path) -> dict[str, str]:
+    """Airflow settings for a project-local home; values already set in the shell win."""
+    home = root / ".airflow"
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+    }
+
+
+def _prepare_airflow() -> Path:
+    root = project_root()
+    for key, value in airflow_environment(root).items():
+        os.environ.setdefault(key, value)
+    plugins = os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"]
+    if plugins not in sys.path:
+        sys.path.insert(0, plugins)
+    return root
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+def logical_date_for(day: date | None, now: datetime | None = None) -> datetime:
+    """The DAG's data interval is the day before its logical date: ``--date D`` covers day D;
+    without a date the window ends now."""
+    if day is None:
+        return (now or datetime.now(UTC)).replace(microsecond=0)
+    return datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC)
+
+
+def load_dag(source: str):
+    """The DAG object defined in ``dags/handoff_<source>.py`` (the one the scheduler runs)."""
+    import importlib.util
+
+    path = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]) / f"handoff_{source}.py"
+    spec = importlib.util.spec_from_file_location(f"handoff_dag_{source}", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"no DAG file for source {source!r} at {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from airflow.sdk import DAG
+
+    for value in vars(module).values():
+        if isinstance(value, DAG) and value.dag_id == f"handoff_{source}":
+            return value
+    raise SystemExit(f"{path} defines no DAG named handoff_{source}")
+
+
+@contextmanager
+def _output_to(log_path: Path, enabled: bool):
+    """Send Airflow's own output to a log file so the terminal shows the summary."""
+    if not enabled:
+        yield
+        return
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "ab") as handle:
+        os.dup2(handle.fileno(), 1)
+        os.dup2(handle.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def run_dag(source: str, day: date | None, *, verbose: bool = False) -> tuple[int, dict | None]:
+    """One DAG run; returns (exit code, summary)."""
+    _prepare_airflow()
+    from handoff.config import load_settings
+    from handoff.pipeline import format_summary, safe_name, summary_line
+
+    settings = load_settings()
+    log_path = settings.output.run_dir / "airflow.log"
+    with _output_to(log_path, enabled=not verbose):
+        dag = load_dag(source)
+        dag_run = dag.test(logical_date=logical_date_for(day))
+    summary_path = settings.output.run_dir / safe_name(dag_run.run_id) / "summary.json"
+    state = str(getattr(dag_run.state, "value", dag_run.state))
+    if state != "success" or not summary_path.exists():
+        failed = [ti.task_id for ti in dag_run.get_task_instances() if ti.state != "success"]
+        print(
+            f"DAG run {dag_run.run_id} ended {state}; unfinished tasks: {', '.join(failed)}. "
+            f"Airflow's log: {log_path}",
+            file=sys.stderr,
+        )
+        return 1, None
+    summary = json.loads(summary_path.read_text())
+    print(format_summary(summary))
+    print(summary_line(summary))
+    return 0, summary
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+def connection_env(salesforce_url: str, token: str, smtp_host: str, smtp_port: int) -> dict:
+    """Airflow connections (as ``AIRFLOW_CONN_*`` JSON) for the sandbox and the sink."""
+    salesforce = {
+        "conn_type": "salesforce",
+        "password": token,
+        "extra": {"instance_url": salesforce_url, "version": "59.0"},
+    }
+    smtp = {
+        "conn_type": "smtp",
+        "host": smtp_host,
+        "port": smtp_port,
+        "extra": {"disable_ssl": True, "disable_tls": True, "timeout": 10, "retry_limit": 2},
+    }
+    return {
+        "AIRFLOW_CONN_SALESFORCE_DEFAULT": json.dumps(salesforce),
+        "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(smtp),
+    }
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    root = _prepare_airflow()
+    from handoff.sandbox.seed import seed_org
+    from handoff.sandbox.server import SandboxServer
+    from handoff.smtp_sink import SmtpSink
+
+    demo_dir = root / "var" / "demo"
+    if args.reset and demo_dir.exists():
+        import shutil
+
+        shutil.rmtree(demo_dir)
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HANDOFF_STATE_URL", f"sqlite:///{demo_dir / 'state.db'}")
+    os.environ.setdefault("HANDOFF_RUN_DIR", str(demo_dir / "runs"))
+    sandbox_db = demo_dir / "sandbox.db"
+    with (
+        SandboxServer(sandbox_db) as sandbox,
+        SmtpSink(demo_dir / "mailbox") as sink,
+    ):
+        if sandbox.store.count("Opportunity") == 0:
+            seeded = seed_org(sandbox.store, seed=args.seed, deals=args.deals, today=args.today)
+            print(f"Seeded the sandbox CRM: {seeded}")
+        os.environ.update(connection_env(sandbox.url, sandbox.token, sink.host, sink.port))
+        print(f"Sandbox CRM {sandbox.url} - SMTP sink {sink.host}:{sink.port}")
+        code, summary = run_dag("salesforce", None, verbose=args.verbose)
+        print(f"SMTP sink received {len(sink.messages)} messages; copies in {demo_dir / 'mailbox'}")
+    return code
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-23") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="handoff", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="one run of the handoff DAG for a source")
+    run.add_argument("--source", choices=SOURCES, default="salesforce")
+    run.add_argument("--date", type=_date, help="process this day (default: the 24 h until now)")
+    run.add_argument("--verbose", action="store_true", help="show Airflow's output")
+
+    demo = commands.add_parser("demo", help="run the DAG against the sandbox CRM and an SMTP sink")
+    demo.add_argument("--reset", action="store_true", help="start from a freshly seeded CRM")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--deals", type=int, default=60)
+    demo.add_argument("--today", type=_date, default=datetime.now(UTC).date())
+    demo.add_argument("--verbose", action="store_true")
+
+    sandbox = commands.add_parser("sandbox", help="serve the Salesforce-compatible sandbox CRM")
+    sandbox.add_argument("--db", type=Path, default=Path("var/sandbox/sandbox.db"))
+    sandbox.add_argument("--seed", type=int, default=7)
+    sandbox.add_argument("--deals", type=int, default=60)
+    sandbox.add_argument("--today", type=_date, default=datetime.now(UTC).date())
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=0)
+    sandbox.add_argument("--token", default="sandbox-token")
+    sandbox.add_argument("--reset", action="store_true")
+
+    sink = commands.add_parser("smtp-sink", help="serve a local SMTP sink that keeps messages")
+    sink.add_argument("--host", default="127.0.0.1")
+    sink.add_argument("--port", type=int, default=0)
+    sink.add_argument("--maildir", type=Path, default=Path("var/mailbox"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers: dict[str, Any] = {
+        "run": lambda: run_dag(args.source, args.date, verbose=args.verbose)[0],
+        "demo": lambda: run_demo(args),
+        "sandbox": lambda: _serve_sandbox(args),
+        "smtp-sink": lambda: _serve_sink(args),
+    }
+    return handlers[args.command]() or 0
+
+
+def _serve_sandbox(args: argparse.Namespace) -> int:
+    from handoff.sandbox.server import serve
+
+    serve(
+        args.db,
+        seed=args.seed,
+        deals=args.deals,
+        today=args.today,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        reset=args.reset,
+    )
+    return 0
+
+
+def _serve_sink(args: argparse.Namespace) -> int:
+    from handoff.smtp_sink import serve
+
+    serve(args.host, args.port, args.maildir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Plain data shared by the CRM connectors, the planner and the senders."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class ActionKind(StrEnum):
+    EMAIL = "email"
+    TASK = "task"
+
+
+class ActionStatus(StrEnum):
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    DONE = "done"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    # A hard crash happened between handing a message to SMTP and recording it: the message
+    # may have gone out, so it is never re-sent automatically (a person checks the Message-ID).
+    UNCONFIRMED = "unconfirmed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Person:
+    """A CRM user: the rep (deal owner), the CSM, or an executive."""
+
+    id: str
+    name: str
+    email: str | None = None
+    is_active: bool = True
+
+
+@dataclass(frozen=True)
+class Contact:
+    """The client's primary contact on the deal."""
+
+    id: str
+    first_name: str | None
+    last_name: str | None
+    email: str | None
+    opted_out: bool = False
+
+    @property
+    def name(self) -> str:
+        return " ".join(part for part in (self.first_name, self.last_name) if part)
+
+
+@dataclass(frozen=True)
+class Deal:
+    """One deal as the planner sees it, independent of the CRM it came from."""
+
+    source: str
+    deal_id: str
+    name: str
+    account_name: str | None
+    stage: str
+    is_won: bool
+    is_deleted: bool
+    amount: float | None
+    close_date: date | None
+    won_at: datetime | None
+    owner: Person | None
+    csm: Person | None
+    primary_contact: Contact | None = None
+    # The rep's handoff document: internal notes, never rendered into a client email.
+    handoff_doc: dict[str, str | None] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["close_date"] = self.close_date.isoformat() if self.close_date else None
+        record["won_at"] = self.won_at.isoformat() if self.won_at else None
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Deal:
+        def person(value: dict | None) -> Person | None:
+            return Person(**value) if value else None
+
+        contact = record.get("primary_contact")
+        return cls(
+            source=record["source"],
+            deal_id=record["deal_id"],
+            name=record["name"],
+            account_name=record.get("account_name"),
+            stage=record["stage"],
+            is_won=bool(record["is_won"]),
+            is_deleted=bool(record["is_deleted"]),
+            amount=record.get("amount"),
+            close_date=date.fromisoformat(record["close_date"])
+            if record.get("close_date")
+            else None,
+            won_at=datetime.fromisoformat(record["won_at"]) if record.get("won_at") else None,
+            owner=person(record.get("owner")),
+            csm=person(record.get("csm")),
+            primary_contact=Contact(**contact) if contact else None,
+            handoff_doc=dict(record.get("handoff_doc") or {}),
+        )
+
+    def label(self) -> str:
+        """How messages name the deal: the CRM id a RevOps engineer can search for, and its name."""
+        return f"deal {self.deal_id} ({self.name!r})"
+
+
+@dataclass(frozen=True)
+class DealIssue:
+    """Something wrong with a deal's data: recorded with the field so RevOps can fix it."""
+
+    source: str
+    deal_id: str
+    field: str
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PlannedAction:
+    """One step for one deal; the dedupe key makes it happen at most once, ever."""
+
+    source: str
+    deal_id: str
+    step: str
+    kind: ActionKind
+    payload: dict[str, Any]
+    status: ActionStatus = ActionStatus.PENDING
+    reason: str | None = None
+
+    @property
+    def dedupe_key(self) -> str:
+        return dedupe_key(self.source, self.deal_id, self.step)
+
+
+def dedupe_key(source: str, deal_id: str, step: str) -> str:
+    return f"{source}:{deal_id}:{step}"
+
+
+@dataclass(frozen=True)
+class CrmTask:
+    """A task to write into the CRM, in CRM-neutral terms."""
+
+    dedupe_key: str
+    deal_id: str
+    contact_id: str | None
+    owner_id: str
+    subject: str
+    due_date: date
+    priority: str
+    description: str
+    remind_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The CRM's answer for one record of a batch write."""
+
+    dedupe_key: str
+    ok: bool
+    external_id: str | None = None
+    error: str | None = None

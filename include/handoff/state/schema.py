@@ -1,0 +1,124 @@
+"""Tables of the state store. Any change here needs a new Alembic revision in migrations/."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+
+class UtcDateTime(TypeDecorator):
+    """Timezone-aware UTC in and out, also on SQLite, which keeps no offset."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect):  # noqa: ARG002
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given to the state store; pass UTC")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect):  # noqa: ARG002
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData(
+    naming_convention={
+        "pk": "pk_%(table_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+    }
+)
+
+watermarks = Table(
+    "handoff_watermarks",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("stream", String(64), primary_key=True),
+    Column("cursor_value", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+deals = Table(
+    "handoff_deals",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("deal_id", String(64), primary_key=True),
+    Column("is_won", Boolean, nullable=False),
+    Column("is_deleted", Boolean, nullable=False),
+    Column("stage", String(120), nullable=False),
+    Column("amount", Float, nullable=True),
+    Column("close_date", Date, nullable=True),
+    Column("won_at", UtcDateTime, nullable=True, index=True),
+    Column("modstamp", UtcDateTime, nullable=False),
+    Column("record", JSON, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+onboarding = Table(
+    "handoff_onboarding",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("deal_id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("won_at", UtcDateTime, nullable=False),
+    Column("detected_at", UtcDateTime, nullable=False),
+    Column("detected_run", String(250), nullable=False, index=True),
+    Column("planned_run", String(250), nullable=True),
+    Column("stopped_at", UtcDateTime, nullable=True),
+    Column("stop_reason", Text, nullable=True),
+)
+
+outbox = Table(
+    "handoff_outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dedupe_key", String(250), nullable=False, unique=True),
+    Column("source", String(32), nullable=False),
+    Column("deal_id", String(64), nullable=False),
+    Column("step", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("payload", JSON, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("claimed_by", String(250), nullable=True),
+    Column("claimed_at", UtcDateTime, nullable=True),
+    Column("external_id", String(250), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("planned_run", String(250), nullable=False),
+    Column("finished_run", String(250), nullable=True, index=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+deal_issues = Table(
+    "handoff_deal_issues",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(32), nullable=False),
+    Column("deal_id", String(64), nullable=False),
+    Column("code", String(64), nullable=False),
+    Column("field", String(120), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("run_id", String(250), nullable=False, index=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("source", "deal_id", "code", name="uq_handoff_deal_issues_deal_code"),
+)

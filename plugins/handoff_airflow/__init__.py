@@ -1,0 +1,1 @@
+"""Airflow glue for Handoff Autopilot: turn Airflow connections into ``handoff`` clients."""

@@ -1,0 +1,164 @@
+"""Test-wide setup.
+
+Airflow reads its configuration when first imported, so the environment is fixed here, before
+any test module imports it: an isolated Airflow home holding a copy of the metadata database
+that ``make setup`` migrated, the project's DAG and plugin folders, and no connection or secret.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="handoff-test-airflow-"))
+
+for _name in [n for n in os.environ if n.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))]:
+    del os.environ[_name]
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
+        "HANDOFF_HOME": str(ROOT),
+    }
+)
+for _name in ("HANDOFF_CONFIG", "HANDOFF_STATE_URL", "HANDOFF_RUN_DIR"):
+    os.environ.pop(_name, None)
+
+_MIGRATED = ROOT / ".airflow" / "airflow.db"
+if _MIGRATED.exists():
+    shutil.copy(_MIGRATED, AIRFLOW_HOME / "airflow.db")
+else:  # pytest run without `make setup`: migrate the isolated home directly
+    subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
+        check=True,
+        capture_output=True,
+    )
+
+PG_ADMIN_URL = os.environ.get(
+    "HANDOFF_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+)
+
+
+def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
+    shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
+
+
+# -- state store -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throw-away database on the machine's PostgreSQL, dropped at the end of the session."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"handoff_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001
+        admin.dispose()
+        message = f"PostgreSQL at {PG_ADMIN_URL} is not reachable: {exc}"
+        if os.environ.get("HANDOFF_REQUIRE_POSTGRES") or os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """The state store URL, once on SQLite and once on PostgreSQL (fresh schema each test)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    from sqlalchemy import create_engine, text
+
+    base = request.getfixturevalue("postgres_url")
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(base, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    yield f"{base}?options=-csearch_path%3D{schema}"
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.fixture
+def store(store_url):
+    from handoff.state import StateStore
+
+    state = StateStore(store_url)
+    state.migrate()
+    yield state
+    state.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch):
+    """The project's configuration, with the state store and run folder in a temp dir."""
+    from handoff.config import load_settings
+
+    monkeypatch.setenv("HANDOFF_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
+    monkeypatch.setenv("HANDOFF_RUN_DIR", str(tmp_path / "runs"))
+    return load_settings()
+
+
+# -- servers -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    """An empty Salesforce-compatible sandbox on a free local port."""
+    from handoff.sandbox.server import SandboxServer
+
+    with SandboxServer(tmp_path / "sandbox.db") as server:
+        yield server
+
+
+@pytest.fixture
+def smtp_sink():
+    from handoff.smtp_sink import SmtpSink
+
+    with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def salesforce_client(sandbox):
+    """The real simple-salesforce client, over HTTP, with the project's transport policy."""
+    from simple_salesforce import Salesforce
+
+    from handoff.crm.http import build_session
+
+    return Salesforce(
+        instance_url=sandbox.url,
+        session_id=sandbox.token,
+        session=build_session(sandbox.url),
+    )
+
+
+@pytest.fixture
+def crm(salesforce_client, settings):
+    from handoff.crm.salesforce import SalesforceCRM
+
+    return SalesforceCRM(
+        salesforce_client,
+        csm_field=settings.salesforce.csm_field,
+        handoff_fields=settings.salesforce.handoff_fields.model_dump(),
+    )
