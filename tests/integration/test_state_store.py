@@ -1,0 +1,170 @@
+"""The state store on SQLite and on the machine's PostgreSQL (each test runs on both)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic import command
+from alembic.config import Config
+
+from handoff.models import ActionKind, ActionStatus, DealIssue, PlannedAction
+from handoff.state import StateStore
+from handoff.state.store import MIGRATIONS
+
+T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+def action(deal_id: str, step: str = "welcome_email", kind=ActionKind.EMAIL) -> PlannedAction:
+    return PlannedAction("salesforce", deal_id, step, kind, payload={"n": deal_id})
+
+
+def deal_row(deal_id: str, *, won_at=T0, is_won=True, modstamp=T0) -> dict:
+    return {
+        "deal_id": deal_id,
+        "is_won": is_won,
+        "is_deleted": False,
+        "stage": "Closed Won" if is_won else "Negotiation/Review",
+        "amount": 1000.0,
+        "close_date": won_at.date() if won_at else None,
+        "won_at": won_at if is_won else None,
+        "modstamp": modstamp,
+        "record": {"deal_id": deal_id},
+    }
+
+
+def test_migrate_is_idempotent_and_matches_the_models(store):
+    store.migrate()
+    assert store.current_revision() == "0001"
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.check(config)  # raises if schema.py has changes without a migration
+
+
+def test_an_upgrade_keeps_existing_rows(store_url):
+    first = StateStore(store_url)
+    first.migrate()
+    first.save_deals("salesforce", "deals", [deal_row("006A")], T0)
+    first.record_plan("salesforce", "006A", [action("006A")], [], "run-1")
+    first.dispose()
+
+    again = StateStore(store_url)
+    again.migrate()
+    assert again.get_watermark("salesforce", "deals") == T0
+    assert [a["dedupe_key"] for a in again.actions()] == ["salesforce:006A:welcome_email"]
+    again.dispose()
+
+
+def test_watermark_moves_with_the_deals_in_one_transaction(store):
+    assert store.get_watermark("salesforce", "deals") is None
+    store.save_deals("salesforce", "deals", [deal_row("006A")], T0)
+    store.save_deals("salesforce", "deals", [deal_row("006B")], T0 + timedelta(seconds=1))
+    assert store.get_watermark("salesforce", "deals") == T0 + timedelta(seconds=1)
+    assert store.stored_modstamps("salesforce", ["006A", "006B", "006C"]) == {
+        "006A": T0,
+        "006B": T0,
+    }
+
+
+def test_detection_is_bounded_by_the_window_and_happens_once(store):
+    store.save_deals(
+        "salesforce",
+        "deals",
+        [
+            deal_row("006NEW", won_at=T0),
+            deal_row("006OLD", won_at=T0 - timedelta(days=30)),
+            deal_row("006OPEN", is_won=False),
+            deal_row("006LATE", won_at=T0 + timedelta(days=2)),
+        ],
+        T0,
+    )
+    window = (T0 - timedelta(days=7), T0 + timedelta(days=1))
+    assert store.start_onboarding("salesforce", *window, "run-1") == ["006NEW"]
+    assert store.start_onboarding("salesforce", *window, "run-2") == []
+    assert store.count_won_before("salesforce", window[0]) == 1
+
+
+def test_an_action_is_recorded_once_whatever_the_replans(store):
+    issue = DealIssue("salesforce", "006A", "OwnerId", "missing_owner", "deal 006A: OwnerId")
+    assert store.record_plan("salesforce", "006A", [action("006A")], [issue], "run-1") == 1
+    assert store.record_plan("salesforce", "006A", [action("006A")], [issue], "run-2") == 0
+    assert len(store.actions()) == 1
+    assert len(store.issues()) == 1
+
+
+def test_claims_by_concurrent_workers_never_overlap(store_url):
+    setup = StateStore(store_url)
+    setup.migrate()
+    deal_ids = [f"006{n:04d}" for n in range(60)]
+    for deal_id in deal_ids:
+        setup.record_plan("salesforce", deal_id, [action(deal_id)], [], "run-1")
+    setup.dispose()
+
+    results: dict[str, list[str]] = {}
+    barrier = threading.Barrier(4)
+
+    def worker(name: str) -> None:
+        own = StateStore(store_url)
+        barrier.wait()
+        claimed, _ = own.claim(ActionKind.EMAIL, name)
+        results[name] = [row["dedupe_key"] for row in claimed]
+        own.dispose()
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    everything = [key for keys in results.values() for key in keys]
+    assert sorted(everything) == sorted(f"salesforce:{d}:welcome_email" for d in deal_ids)
+    assert len(everything) == len(set(everything))
+
+
+def test_rows_left_in_flight_by_a_dead_attempt_are_handed_back_as_orphans(store):
+    store.record_plan("salesforce", "006A", [action("006A")], [], "run-1")
+    store.record_plan("salesforce", "006B", [action("006B")], [], "run-1")
+    claimed, orphaned = store.claim(ActionKind.EMAIL, "dag/run-1/send")
+    assert len(claimed) == 2 and orphaned == []
+    store.finish("salesforce:006A:welcome_email", "dag/run-1/send", ActionStatus.DONE, "run-1")
+    # The attempt dies here. Another worker does not touch the row before the lease ends...
+    assert store.claim(ActionKind.EMAIL, "dag/run-2/send") == ([], [])
+    # ...but the retry of the same task instance knows the previous try is dead.
+    claimed, orphaned = store.claim(ActionKind.EMAIL, "dag/run-1/send")
+    assert claimed == []
+    assert [row["dedupe_key"] for row in orphaned] == ["salesforce:006B:welcome_email"]
+
+
+def test_an_expired_lease_frees_orphans_for_another_worker(store):
+    store.record_plan("salesforce", "006A", [action("006A")], [], "run-1")
+    store.claim(ActionKind.EMAIL, "dead-worker")
+    _, orphaned = store.claim(ActionKind.EMAIL, "new-worker", lease=timedelta(seconds=-1))
+    assert [row["claimed_by"] for row in orphaned] == ["new-worker"]
+
+
+def test_only_the_claiming_worker_may_record_an_outcome(store):
+    store.record_plan("salesforce", "006A", [action("006A")], [], "run-1")
+    store.claim(ActionKind.EMAIL, "w1")
+    with pytest.raises(RuntimeError, match="no longer claimed by w2"):
+        store.finish("salesforce:006A:welcome_email", "w2", ActionStatus.DONE, "run-1")
+
+
+def test_deals_that_leave_closed_won_stop_and_their_pending_steps_cancel(store):
+    store.save_deals("salesforce", "deals", [deal_row("006A")], T0)
+    store.start_onboarding("salesforce", T0 - timedelta(days=1), T0 + timedelta(days=1), "r1")
+    store.record_plan("salesforce", "006A", [action("006A")], [], "r1")
+    store.save_deals("salesforce", "deals", [deal_row("006A", is_won=False)], T0)
+    assert store.stop_onboarding_of_lost_deals("salesforce", "r2") == ["006A"]
+    [row] = store.actions()
+    assert row["status"] == ActionStatus.CANCELLED
+    assert "left Closed Won" in row["reason"]
+    assert store.stop_onboarding_of_lost_deals("salesforce", "r3") == []
+
+
+def test_timestamps_come_back_timezone_aware(store):
+    store.save_deals("salesforce", "deals", [deal_row("006A")], T0)
+    assert store.get_watermark("salesforce", "deals").tzinfo is not None
+    with pytest.raises(Exception, match="naive datetime"):
+        store.save_deals("salesforce", "deals", [], datetime(2026, 1, 1))
