@@ -46,3 +46,104 @@ def make_deal(**changes: Any) -> Deal:
         handoff_doc=dict(HANDOFF_DOC),
     )
     return replace(deal, **changes)
+
+
+class SandboxOrg:
+    """Writes a small, explicit org into a sandbox store (tests say exactly what they need)."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.rep = store.insert(
+            "User",
+            {
+                "FirstName": "Riley",
+                "LastName": "Rep",
+                "Email": "riley.rep@seller.example",
+                "Title": "Account Executive",
+                "IsActive": True,
+            },
+        )
+        self.csm = store.insert(
+            "User",
+            {
+                "FirstName": "Casey",
+                "LastName": "Csm",
+                "Email": "casey.csm@seller.example",
+                "Title": "Customer Success Manager",
+                "IsActive": True,
+            },
+        )
+        self.inactive_csm = store.insert(
+            "User",
+            {
+                "FirstName": "Gone",
+                "LastName": "Away",
+                "Email": "gone@seller.example",
+                "Title": "Customer Success Manager",
+                "IsActive": False,
+            },
+        )
+
+    def won_deal(
+        self,
+        name: str,
+        *,
+        won_at: datetime = WON_AT,
+        modstamp: datetime | None = None,
+        amount: float | None = 120000.0,
+        contact: dict[str, Any] | None = None,
+        primary: bool = True,
+        owner: str | None | bool = True,
+        csm: str | None | bool = True,
+        account: str | None = None,
+        doc: dict[str, str] | None = None,
+    ) -> str:
+        """A Closed Won opportunity with an account and (by default) a primary contact."""
+        account_id = self.store.insert("Account", {"Name": account or f"{name} Ltd"})
+        fields: dict[str, Any] = {
+            "Name": name,
+            "AccountId": account_id,
+            "StageName": "Closed Won",
+            "CloseDate": won_at.date().isoformat(),
+            "LastStageChangeDate": won_at,
+            "Amount": amount,
+            "OwnerId": self.rep if owner is True else owner,
+            "Customer_Success_Manager__c": self.csm if csm is True else csm,
+        }
+        for key, value in (doc if doc is not None else HANDOFF_DOC).items():
+            fields[f"Handoff_{key.capitalize()}__c"] = value
+        deal_id = self.store.insert("Opportunity", fields, modstamp=modstamp or won_at)
+        if contact is not False:
+            person = {
+                "FirstName": "Ada",
+                "LastName": "Lovelace",
+                "Email": "ada@client.example",
+                "HasOptedOutOfEmail": False,
+                **(contact or {}),
+            }
+            contact_id = self.store.insert("Contact", {"AccountId": account_id, **person})
+            self.store.insert(
+                "OpportunityContactRole",
+                {
+                    "OpportunityId": deal_id,
+                    "ContactId": contact_id,
+                    "Role": "Decision Maker",
+                    "IsPrimary": primary,
+                },
+            )
+        return deal_id
+
+    def open_deal(self, name: str, *, modstamp: datetime | None = None) -> str:
+        account_id = self.store.insert("Account", {"Name": f"{name} Ltd"})
+        return self.store.insert(
+            "Opportunity",
+            {
+                "Name": name,
+                "AccountId": account_id,
+                "StageName": "Negotiation/Review",
+                "CloseDate": "2026-12-31",
+                "Amount": 5000,
+                "OwnerId": self.rep,
+            },
+            modstamp=modstamp,
+        )

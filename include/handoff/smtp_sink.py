@@ -69,7 +69,7 @@ class _State:
     lock: threading.Condition = field(default_factory=threading.Condition)
     messages: list[ReceivedMail] = field(default_factory=list)
     sessions: int = 0
-    faults: deque[_Fault] = field(default_factory=deque)
+    faults: deque[_Fault | None] = field(default_factory=deque)  # None: let one through
     rejected: dict[str, str] = field(default_factory=dict)
 
 
@@ -252,17 +252,23 @@ class SmtpSink:
         code: int = 421,
         message: str = "4.3.0 Try again later",
         disconnect: bool = False,
+        *,
+        after: int = 0,
     ) -> None:
-        """Answer the next ``n`` DATA commands with ``code`` and drop the message.
+        """Answer ``n`` DATA commands with ``code`` and drop the message.
 
+        ``after`` lets that many messages through first (a failure half-way through a batch).
         With ``disconnect`` the sink also closes the connection after replying, the way a
         relay that is shutting down behaves.
         """
+        if after < 0:
+            raise ValueError(f"after must be >= 0, got {after}")
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if not 400 <= code <= 599:
             raise ValueError(f"fault code must be a 4xx or 5xx reply, got {code}")
         with self._state.lock:
+            self._state.faults.extend([None] * after)
             self._state.faults.extend(_Fault(code, message, disconnect) for _ in range(n))
 
     def reject_recipient(

@@ -1,0 +1,61 @@
+"""Every DAG file parses with no connection, variable or secret set, and follows the house rules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+
+
+@pytest.fixture(scope="module")
+def dag_bag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    assert not [n for n in os.environ if n.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))]
+    return DagBag(dag_folder=str(DAGS))
+
+
+def test_no_import_errors(dag_bag):
+    assert dag_bag.import_errors == {}, "\n".join(
+        f"{path}: {error}" for path, error in dag_bag.import_errors.items()
+    )
+
+
+def test_every_dag_file_defines_a_dag(dag_bag):
+    files = {str(path) for path in DAGS.glob("*.py") if not path.name.startswith("_")}
+    defined = {dag.fileloc for dag in dag_bag.dags.values()}
+    assert files <= defined, f"DAG files without a DAG: {sorted(files - defined)}"
+
+
+def test_house_rules(dag_bag):
+    problems = []
+    for dag_id, dag in dag_bag.dags.items():
+        where = f"{dag_id} ({Path(dag.fileloc).name})"
+        if not dag.tags:
+            problems.append(f"{where}: no tags")
+        if not dag.doc_md:
+            problems.append(f"{where}: no doc_md (the module docstring)")
+        if dag.catchup:
+            problems.append(f"{where}: catchup must be False")
+        if dag.max_active_runs != 1:
+            problems.append(f"{where}: max_active_runs must be 1")
+        for task in dag.tasks:
+            if task.retries < 2:
+                problems.append(f"{where}: task {task.task_id} has retries={task.retries} (< 2)")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_salesforce_dag_runs_the_handoff_steps_in_order(dag_bag):
+    dag = dag_bag.get_dag("handoff_salesforce")
+    assert dag is not None
+    assert set(dag.task_ids) == {
+        "extract", "detect", "plan", "send_emails", "write_tasks", "summarise"
+    }
+    assert dag.get_task("detect").upstream_task_ids == {"extract"}
+    assert dag.get_task("plan").upstream_task_ids == {"detect"}
+    assert dag.get_task("send_emails").upstream_task_ids == {"plan"}
+    assert dag.get_task("write_tasks").upstream_task_ids == {"plan"}
+    assert dag.get_task("summarise").upstream_task_ids == {"extract", "send_emails", "write_tasks"}
