@@ -212,7 +212,7 @@ def send_emails(
     claimed, orphaned = store.claim(ActionKind.EMAIL, run.worker)
     for row in orphaned:
         reason = (
-            f"deal {row['deal_id']}: the attempt sending {row['step']} stopped before recording "
+            f"{deal_label(row)}: the attempt sending {row['step']} stopped before recording "
             "the result, so it may have been delivered and is not re-sent; look for Message-ID "
             f"{message_id(row['dedupe_key'], row['payload']['from']['email'])} in the SMTP "
             "server's log and send it by hand if it is absent"
@@ -261,7 +261,7 @@ def send_emails(
                     payload, rendered, dedupe_key=key, unsubscribe=unsubscribe, sent_at=sent_at
                 )
             except Exception as exc:  # a template or data defect: record it, go on
-                fail(row, f"deal {row['deal_id']}: {row['step']} could not be rendered: {exc}")
+                fail(row, f"{deal_label(row)}: {row['step']} could not be rendered: {exc}")
                 continue
             try:
                 refused = transport.send(message)
@@ -270,7 +270,7 @@ def send_emails(
                 if isinstance(error, PermanentMailError):
                     fail(
                         row,
-                        f"deal {row['deal_id']}: the SMTP server refused {row['step']}: {error}",
+                        f"{deal_label(row)}: the SMTP server refused {row['step']}: {error}",
                         message["Message-ID"],
                     )
                     continue
@@ -292,7 +292,7 @@ def send_emails(
 def _record_sent(store, run, row, message, refused, counts) -> None:
     client = row["payload"]["to"]["email"]
     if any(address.lower() == client.lower() for address in refused):
-        reason = f"deal {row['deal_id']}: the client address {client} was refused: {refused}"
+        reason = f"{deal_label(row)}: the client address {client} was refused: {refused}"
         status = ActionStatus.FAILED
         counts["emails_failed"] += 1
     else:
@@ -308,6 +308,11 @@ def _record_sent(store, run, row, message, refused, counts) -> None:
         external_id=message["Message-ID"],
         reason=reason,
     )
+
+
+def deal_label(row: dict[str, Any]) -> str:
+    """How an outbox row names its deal in a reason: id and name, as the planner wrote it."""
+    return row["payload"].get("deal_label") or f"deal {row['deal_id']}"
 
 
 def _release(store: StateStore, rows: list[dict[str, Any]], run: RunContext) -> None:
@@ -371,7 +376,7 @@ def write_tasks(crm: CrmClient, store: StateStore, run: RunContext) -> dict[str,
                 )
             else:
                 counts["tasks_failed"] += 1
-                reason = f"deal {row['deal_id']}: {row['step']}: the CRM refused it: {result.error}"
+                reason = f"{deal_label(row)}: {row['step']}: the CRM refused it: {result.error}"
                 log.error("%s", reason)
                 outcomes.append(
                     {

@@ -153,6 +153,7 @@ def _welcome_email(deal: Deal, settings: Settings, issues: list[DealIssue]) -> P
         "timeline": _timeline(won_day, settings),
     }
     payload = {
+        "deal_label": deal.label(),
         "template": "welcome",
         "from": {"name": sender.name, "email": str(sender.email)},
         "to": {"name": contact_name, "email": to_address},
@@ -233,7 +234,9 @@ def _first_contact_task(deal: Deal, settings: Settings, fields: _FieldNames) -> 
         ),
         remind_at=due,
     )
-    return PlannedAction(deal.source, deal.deal_id, step, ActionKind.TASK, _task_payload(task))
+    return PlannedAction(
+        deal.source, deal.deal_id, step, ActionKind.TASK, _task_payload(task, deal)
+    )
 
 
 def _handoff_meeting_task(
@@ -278,7 +281,9 @@ def _handoff_meeting_task(
             None,
         ),
     )
-    return PlannedAction(deal.source, deal.deal_id, step, ActionKind.TASK, _task_payload(task))
+    return PlannedAction(
+        deal.source, deal.deal_id, step, ActionKind.TASK, _task_payload(task, deal)
+    )
 
 
 def _won_at(deal: Deal) -> datetime:
@@ -318,8 +323,9 @@ def _description(deal: Deal, fields: _FieldNames, step: str, ask: str, note: str
     return "\n".join(lines)
 
 
-def _task_payload(task: CrmTask) -> dict[str, Any]:
+def _task_payload(task: CrmTask, deal: Deal) -> dict[str, Any]:
     return {
+        "deal_label": deal.label(),
         "dedupe_key": task.dedupe_key,
         "deal_id": task.deal_id,
         "contact_id": task.contact_id,

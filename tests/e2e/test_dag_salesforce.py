@@ -1,0 +1,191 @@
+"""The real DAG, run with Airflow's ``dag.test()`` against the sandbox CRM and the SMTP sink."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from handoff.cli import connection_env, load_dag, logical_date_for
+from handoff.config import load_settings
+from handoff.pipeline import safe_name
+from handoff.state import StateStore
+from tests.builders import WON_AT, SandboxOrg
+
+DAY = WON_AT.date()
+
+
+@pytest.fixture
+def airflow_connections(sandbox, smtp_sink, tmp_path, monkeypatch):
+    env = connection_env(sandbox.url, sandbox.token, smtp_sink.host, smtp_sink.port)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HANDOFF_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
+    monkeypatch.setenv("HANDOFF_RUN_DIR", str(tmp_path / "runs"))
+
+
+@pytest.fixture
+def dag(airflow_connections):
+    dag = load_dag("salesforce")
+    # Airflow's retry, without waiting minutes for it.
+    for task in dag.tasks:
+        task.retry_delay = timedelta(0)
+        task.retry_exponential_backoff = False
+    return dag
+
+
+@pytest.fixture
+def org(sandbox):
+    return SandboxOrg(sandbox.store)
+
+
+def run(dag, day=DAY):
+    dag_run = dag.test(logical_date=logical_date_for(day))
+    settings = load_settings()
+    path = settings.output.run_dir / safe_name(dag_run.run_id) / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else None
+    return dag_run, summary
+
+
+def tasks_in_crm(sandbox, deal_id=None) -> list[dict]:
+    rows = [r for r in sandbox.store.rows("Task") if not r["IsDeleted"]]
+    return [r for r in rows if deal_id is None or r["WhatId"] == deal_id]
+
+
+def test_a_closed_won_deal_becomes_a_welcome_email_and_crm_tasks(dag, org, sandbox, smtp_sink):
+    big = org.won_deal("Acme platform", amount=250000, account="Acme Corp")
+    small = org.won_deal("Small shop", amount=8000, contact={"Email": "owner@small.example"})
+    org.won_deal("Ancient win", won_at=WON_AT - timedelta(days=90))
+    org.open_deal("Still negotiating", modstamp=WON_AT)
+
+    dag_run, summary = run(dag)
+
+    assert str(dag_run.state) in ("success", "DagRunState.SUCCESS")
+    assert {d["deal_id"] for d in summary["new_deals"]} == {big, small}
+    assert summary["emails_sent"] == 2 and summary["tasks_created"] == 3
+    assert sorted(m.message["To"].addresses[0].addr_spec for m in smtp_sink.messages) == [
+        "ada@client.example",
+        "owner@small.example",
+    ]
+    welcome = next(m for m in smtp_sink.messages if "Acme Corp" in m.message["Subject"])
+    assert welcome.message["From"].addresses[0].addr_spec == "dana.whitfield@handoff-demo.example"
+    assert "INTERNAL" not in welcome.raw.decode("utf-8", "replace")
+    subjects = sorted(t["Subject"] for t in tasks_in_crm(sandbox, big))
+    assert subjects == [
+        "First CS contact (due within 4 h): Acme Corp",
+        "Internal handoff meeting (AE + CSM): Acme Corp",
+    ]
+    [first] = [t for t in tasks_in_crm(sandbox, big) if t["Subject"].startswith("First")]
+    assert first["OwnerId"] == org.csm and first["Priority"] == "High"
+    assert f"Handoff key: salesforce:{big}:first_cs_contact" in first["Description"]
+    assert "INTERNAL-PROMISE" in first["Description"]
+    assert [t["Subject"] for t in tasks_in_crm(sandbox, small)] == [
+        "First CS contact (due within 4 h): Small shop Ltd"
+    ]
+    for email in summary["emails"]:
+        assert email["preview"].endswith(".html")
+
+    # The same day again: nothing new for the client or the CRM.
+    dag_run, again = run(dag)
+    assert again["emails_sent"] == 0 and again["tasks_created"] == 0
+    assert len(smtp_sink.messages) == 2
+    assert len(tasks_in_crm(sandbox)) == 3
+
+
+def test_bad_input_is_reported_by_deal_and_field_and_the_run_goes_on(dag, org, smtp_sink):
+    good = org.won_deal("Good deal")
+    no_contact = org.won_deal("No contact", contact=False)
+    no_email = org.won_deal("No email", contact={"Email": None})
+    invalid = org.won_deal("Invalid email", contact={"Email": "bill.lumbergh(at)initech"})
+    opted_out = org.won_deal("Opted out", contact={"HasOptedOutOfEmail": True})
+    no_owner = org.won_deal("No owner", owner=None)
+    no_amount = org.won_deal("No amount", amount=None)
+    inactive = org.won_deal("Inactive CSM", csm=org.inactive_csm, amount=1000)
+    injected = org.won_deal(
+        "Header injection", contact={"FirstName": "Gavin\r\nBcc: attacker@evil.example"}
+    )
+
+    dag_run, summary = run(dag)
+
+    assert summary is not None, f"the run ended {dag_run.state}"
+    reasons = {(p["deal_id"], p["step"]): p for p in summary["problems"]}
+
+    def reason(deal_id, step):
+        problem = reasons[(deal_id, step)]
+        assert problem["reason"].startswith(f"deal {deal_id} (")
+        return problem
+
+    assert "OpportunityContactRole.IsPrimary" in reason(no_contact, "welcome_email")["reason"]
+    assert "Contact.Email" in reason(no_email, "welcome_email")["reason"]
+    assert "bill.lumbergh(at)initech" in reason(invalid, "welcome_email")["reason"]
+    assert reason(opted_out, "welcome_email")["status"] == "skipped"
+    assert "Contact.HasOptedOutOfEmail" in reason(opted_out, "welcome_email")["reason"]
+    assert "Amount" in reason(no_amount, "internal_handoff_meeting")["reason"]
+    failed = reason(inactive, "first_cs_contact")
+    assert failed["status"] == "failed" and "INACTIVE_OWNER_OR_USER" in failed["reason"]
+    issues = {(i["deal_id"], i["field"]) for i in summary["issues"]}
+    assert (no_owner, "OwnerId") in issues and (no_amount, "Amount") in issues
+    assert (injected, "Contact.FirstName") in issues
+
+    recipients = sorted(a for m in smtp_sink.messages for a in m.rcpt_tos)
+    assert "attacker@evil.example" not in recipients
+    to = sorted(m.message["To"].addresses[0].addr_spec for m in smtp_sink.messages)
+    # good, no owner, no amount, inactive CSM and the injection attempt still get their welcome.
+    assert len(to) == 5
+    assert summary["emails_sent"] == 5
+    assert {d["deal_id"] for d in summary["new_deals"]} >= {good, no_owner, injected}
+
+
+def test_a_smtp_failure_half_way_is_retried_without_a_duplicate(dag, org, smtp_sink):
+    deals = [org.won_deal(f"Deal {n}", contact={"Email": f"c{n}@client.example"}) for n in range(3)]
+    smtp_sink.fail_next(1, code=421, message="4.3.0 Try again later", after=1)
+
+    dag_run, summary = run(dag)
+
+    assert summary["emails_sent"] == 3, "the retry finished the batch"
+    to = sorted(m.message["To"].addresses[0].addr_spec for m in smtp_sink.messages)
+    assert to == ["c0@client.example", "c1@client.example", "c2@client.example"]
+    send = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "send_emails")
+    assert send.try_number == 2
+    assert len(deals) == 3
+
+
+def test_a_crm_write_that_failed_after_the_server_committed_is_reconciled(dag, org, sandbox):
+    deal_ids = [org.won_deal(f"Enterprise {n}", amount=500000) for n in range(2)]
+    sandbox.faults.add(
+        method="POST",
+        path_contains="composite/sobjects",
+        status=500,
+        error_code="UNKNOWN_EXCEPTION",
+        message="gateway lost the answer",
+        times=1,
+        after_commit=True,
+    )
+
+    dag_run, summary = run(dag)
+
+    assert summary["tasks_created"] == 4
+    for deal_id in deal_ids:
+        assert len(tasks_in_crm(sandbox, deal_id)) == 2, "each task exists exactly once"
+    state = StateStore(load_settings().state.url)
+    reconciled = [r for r in state.actions(kind="task") if r["reason"]]
+    assert len(reconciled) == 4
+    assert all("found in the CRM" in r["reason"] for r in reconciled)
+    state.dispose()
+
+
+def test_rerunning_a_day_after_a_failed_run_creates_nothing_twice(dag, org, sandbox, smtp_sink):
+    org.won_deal("Rerun me", amount=300000)
+    for task in dag.tasks:
+        task.retries = 0
+    smtp_sink.fail_next(1, code=421)
+
+    first, summary = run(dag)
+    assert summary is None, "send_emails failed, so the run did not summarise"
+    assert len(tasks_in_crm(sandbox)) == 2  # write_tasks ran beside it
+
+    second, summary = run(dag)
+    assert summary["emails_sent"] == 1
+    assert len(smtp_sink.messages) == 1
+    assert len(tasks_in_crm(sandbox)) == 2
