@@ -104,7 +104,7 @@ def run_dag(source: str, day: date | None, *, verbose: bool = False) -> tuple[in
     """One DAG run; returns (exit code, summary)."""
     _prepare_airflow()
     from handoff.config import load_settings
-    from handoff.pipeline import format_summary, safe_name, summary_line
+    from handoff.pipeline import safe_name
 
     settings = load_settings()
     log_path = settings.output.run_dir / "airflow.log"
@@ -121,10 +121,7 @@ def run_dag(source: str, day: date | None, *, verbose: bool = False) -> tuple[in
             file=sys.stderr,
         )
         return 1, None
-    summary = json.loads(summary_path.read_text())
-    print(format_summary(summary))
-    print(summary_line(summary))
-    return 0, summary
+    return 0, json.loads(summary_path.read_text())
 
 
 # -- demo --------------------------------------------------------------------------------------
@@ -151,11 +148,12 @@ def connection_env(salesforce_url: str, token: str, smtp_host: str, smtp_port: i
 
 def run_demo(args: argparse.Namespace) -> int:
     root = _prepare_airflow()
+    from handoff.pipeline import format_summary, summary_line
     from handoff.sandbox.seed import seed_org
     from handoff.sandbox.server import SandboxServer
     from handoff.smtp_sink import SmtpSink
 
-    demo_dir = root / "var" / "demo"
+    demo_dir = args.workdir or root / "var" / "demo"
     if args.reset and demo_dir.exists():
         import shutil
 
@@ -174,7 +172,22 @@ def run_demo(args: argparse.Namespace) -> int:
         os.environ.update(connection_env(sandbox.url, sandbox.token, sink.host, sink.port))
         print(f"Sandbox CRM {sandbox.url} - SMTP sink {sink.host}:{sink.port}")
         code, summary = run_dag("salesforce", None, verbose=args.verbose)
-        print(f"SMTP sink received {len(sink.messages)} messages; copies in {demo_dir / 'mailbox'}")
+        received = len(sink.messages)
+    if summary is None:
+        return code
+    print(format_summary(summary))
+    print(f"The SMTP sink received {received} messages; copies in {demo_dir / 'mailbox'}")
+    print(summary_line(summary))
+    return code
+
+
+def run_once(args: argparse.Namespace) -> int:
+    from handoff.pipeline import format_summary, summary_line
+
+    code, summary = run_dag(args.source, args.date, verbose=args.verbose)
+    if summary is not None:
+        print(format_summary(summary))
+        print(summary_line(summary))
     return code
 
 
@@ -203,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--deals", type=int, default=60)
     demo.add_argument("--today", type=_date, default=datetime.now(UTC).date())
     demo.add_argument("--verbose", action="store_true")
+    demo.add_argument("--workdir", type=Path, help="where the demo keeps its data (var/demo)")
 
     sandbox = commands.add_parser("sandbox", help="serve the Salesforce-compatible sandbox CRM")
     sandbox.add_argument("--db", type=Path, default=Path("var/sandbox/sandbox.db"))
@@ -224,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers: dict[str, Any] = {
-        "run": lambda: run_dag(args.source, args.date, verbose=args.verbose)[0],
+        "run": lambda: run_once(args),
         "demo": lambda: run_demo(args),
         "sandbox": lambda: _serve_sandbox(args),
         "smtp-sink": lambda: _serve_sink(args),

@@ -52,7 +52,12 @@ def test_the_salesforce_dag_runs_the_handoff_steps_in_order(dag_bag):
     dag = dag_bag.get_dag("handoff_salesforce")
     assert dag is not None
     assert set(dag.task_ids) == {
-        "extract", "detect", "plan", "send_emails", "write_tasks", "summarise"
+        "extract",
+        "detect",
+        "plan",
+        "send_emails",
+        "write_tasks",
+        "summarise",
     }
     assert dag.get_task("detect").upstream_task_ids == {"extract"}
     assert dag.get_task("plan").upstream_task_ids == {"detect"}

@@ -144,8 +144,13 @@ def test_find_tasks_recognises_the_dedupe_key_in_descriptions(crm, org):
 def test_reads_are_retried_after_503_with_retry_after(crm, org, sandbox):
     org.won_deal("Retry me")
     sandbox.faults.add(
-        method="GET", path_contains="/queryAll", status=503, error_code="SERVER_UNAVAILABLE",
-        message="try later", times=2, retry_after=0,
+        method="GET",
+        path_contains="/queryAll",
+        status=503,
+        error_code="SERVER_UNAVAILABLE",
+        message="try later",
+        times=2,
+        retry_after=0,
     )
     frames = list(crm.iter_changed_deals(WON_AT - timedelta(days=1), WINDOW_END))
     assert sum(len(f) for f in frames) == 1
@@ -155,8 +160,13 @@ def test_reads_are_retried_after_503_with_retry_after(crm, org, sandbox):
 def test_a_write_that_failed_on_the_server_is_not_blindly_resent(crm, org, sandbox):
     deal_id = org.won_deal("Ambiguous")
     sandbox.faults.add(
-        method="POST", path_contains="composite/sobjects", status=500,
-        error_code="UNKNOWN_EXCEPTION", message="boom", times=1, after_commit=True,
+        method="POST",
+        path_contains="composite/sobjects",
+        status=500,
+        error_code="UNKNOWN_EXCEPTION",
+        message="boom",
+        times=1,
+        after_commit=True,
     )
     with pytest.raises(SalesforceGeneralError):
         crm.create_tasks([task(deal_id, org.csm, 1)])

@@ -17,6 +17,7 @@ from email.policy import default as default_policy
 from pathlib import Path
 
 import pytest
+
 from handoff.smtp_sink import SmtpSink, load_maildir
 
 # Warnings from aiosmtpd (deprecated loop APIs, missing settings) must fail these tests.

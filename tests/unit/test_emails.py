@@ -86,7 +86,10 @@ def test_html_in_names_is_escaped_in_html_and_kept_as_text(settings, renderer):
     assert "Zoë &lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&lt;b&gt;Stark&lt;/b&gt; &amp; &#34;Sons&#34; Ltd" in html
     assert "Hi Zoë <script>alert(1)</script>," in text
-    assert message["Subject"] == 'Welcome to Handoff Demo Inc., <b>Stark</b> & "Sons" Ltd: your first 90 days'
+    assert (
+        message["Subject"]
+        == 'Welcome to Handoff Demo Inc., <b>Stark</b> & "Sons" Ltd: your first 90 days'
+    )
 
 
 def test_non_latin_names_round_trip_through_mime(settings, renderer):

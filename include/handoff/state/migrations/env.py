@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 from handoff.state.schema import metadata
 
 VERSION_TABLE = "handoff_alembic_version"

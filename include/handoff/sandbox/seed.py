@@ -1,0 +1,593 @@
+"""A deterministic, realistic demo org for the sandbox CRM.
+
+Same (seed, deals, today) gives the same rows, Ids included, so demos and tests
+are reproducible; nothing reads the wall clock. Besides ordinary pipeline the org
+always holds named edge-case deals (missing contact, bad email, opted out, HTML,
+non-Latin names, header injection, no owner, no amount, inactive CSM) and a group
+of recent wins sharing one SystemModstamp, so every branch of the handoff flow
+and the connector's tie handling show up in a demo.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from handoff.sandbox.store import HANDOFF_FIELDS, SandboxStore
+
+__all__ = ["EDGE_CASE_DEALS", "seed_org"]
+
+log = logging.getLogger(__name__)
+
+_FIRST_NAMES = (
+    "Maya", "Jonas", "Lucia", "Tomas", "Aisha", "Kenji", "Sofia", "Liam", "Amara", "Mateo",
+    "Ingrid", "Ravi", "Chloe", "Noah", "Fatima", "Elena", "Marcus", "Yuki", "Olivia", "Kwame",
+    "Hannah", "Diego", "Leila", "Samuel", "Anika", "Pierre", "Grace", "Omar", "Freya", "Victor",
+)  # fmt: skip
+_LAST_NAMES = (
+    "Patel", "Becker", "Fernandez", "Novak", "Okafor", "Tanaka", "Rossi", "Murphy", "Mensah",
+    "Garcia", "Lindqvist", "Sharma", "Dubois", "Schmidt", "Haddad", "Petrova", "Johnson", "Sato",
+    "Bennett", "Asante", "Keller", "Morales", "Nasser", "Clarke", "Jansen", "Moreau", "Walsh",
+    "Farouk", "Nilsen", "Costa",
+)  # fmt: skip
+_COMPANY_STEMS = (
+    "Blue Harbor", "Northstar", "Crescent", "Ironwood", "Summit", "Evergreen", "Silverline",
+    "Brightwater", "Redwood", "Granite", "Harborview", "Lakeside", "Meridian", "Oakridge",
+    "Pinecrest", "Riverbend", "Stonebridge", "Westfield", "Clearpath", "Bluefin", "Copperleaf",
+    "Keystone", "Lighthouse", "Orion", "Sterling", "Trident", "Vertex", "Willow", "Beacon",
+    "Halcyon",
+)  # fmt: skip
+_COMPANY_KINDS = (
+    ("Logistics", "Transportation"), ("Analytics", "Technology"), ("Health", "Healthcare"),
+    ("Manufacturing", "Manufacturing"), ("Foods", "Food & Beverage"), ("Energy", "Energy"),
+    ("Software", "Technology"), ("Capital", "Finance"), ("Robotics", "Electronics"),
+    ("Retail Group", "Retail"), ("Telecom", "Telecommunications"), ("Biotech", "Biotechnology"),
+    ("Insurance", "Insurance"), ("Consulting", "Consulting"), ("Media", "Media"),
+    ("Hotels", "Hospitality"), ("Freight", "Shipping"), ("Utilities", "Utilities"),
+)  # fmt: skip
+_LEGAL_SUFFIXES = ("Inc.", "GmbH", "Ltd", "LLC", "AG", "B.V.", "", "", "")
+_COUNTRIES = (
+    "United States", "Germany", "United Kingdom", "France", "Netherlands", "Canada",
+    "Australia", "Sweden", "Spain", "Japan",
+)  # fmt: skip
+_CONTACT_TITLES = (
+    "VP Operations", "Head of IT", "Chief Financial Officer", "Director of Customer Experience",
+    "Procurement Manager", "Chief Technology Officer", "Operations Manager", "Head of Data",
+    "IT Director", "COO",
+)  # fmt: skip
+_PRODUCTS = (
+    "Annual subscription", "Platform expansion", "Analytics add-on", "Enterprise rollout",
+    "Pilot to production", "Multi-year renewal", "Support upgrade", "New business unit",
+)  # fmt: skip
+_OPEN_STAGES = ("Prospecting", "Qualification", "Proposal/Price Quote", "Negotiation/Review")
+_TYPES = (
+    ("New Business",) * 5
+    + ("Existing Customer - Upgrade",) * 2
+    + ("Existing Customer - Replacement",)
+)
+_SITUATIONS = (
+    "{account} runs {n} regional teams on spreadsheets and a legacy ticketing tool; their "
+    "current vendor contract lapses at the end of the quarter.",
+    "{account} grew by acquisition and now has {n} disconnected systems for the same process. "
+    "Leadership wants one source of truth before the next audit.",
+    "{account} piloted us with {n} users in one business unit and is rolling out company-wide.",
+)
+_GOALS = (
+    "Cut onboarding time for new sites from six weeks to two.\nOne dashboard for leadership.",
+    "Retire the legacy tool by year end.\nReduce manual reporting effort by half.",
+    "Self-service for regional managers.\nAuditable approvals for finance.",
+)
+_PROMISES = (
+    "Dedicated onboarding engineer for the first 60 days; SSO configured before go-live.",
+    "Price locked for 24 months; quarterly business reviews with our product team.",
+    "Data migration of the last three years included; training for {n} super-users.",
+)
+_OBJECTIONS = (
+    "Worried about the data migration effort and downtime.",
+    "Asked for two references in {industry} before signing.",
+    "Security review took four weeks; they want the SOC 2 report every year.",
+)
+_STAKEHOLDERS = (
+    "{contact} ({title}) is the champion; the CFO signs off on any expansion.",
+    "{contact} ({title}) owns the rollout; IT security must approve integrations.",
+)
+_RISKS = (
+    "Go-live overlaps their peak season.",
+    "Their IT team is two people; integration work may slip.",
+    "Champion mentioned a possible re-organisation next quarter.",
+)
+
+
+@dataclass(frozen=True)
+class _EdgePerson:
+    first: str | None
+    last: str
+    email: str | None
+    opted_out: bool = False
+    title: str = "Head of Operations"
+
+
+@dataclass(frozen=True)
+class _EdgeDeal:
+    deal: str
+    account: str
+    people: tuple[_EdgePerson, ...]
+    country: str = "United States"
+    industry: str = "Technology"
+    primary: bool = True
+    has_owner: bool = True
+    amount: float | None = None
+    random_amount: bool = True
+    inactive_csm: bool = False
+
+
+EDGE_CASES: tuple[_EdgeDeal, ...] = (
+    _EdgeDeal(
+        "Northwind Traders — no primary contact",
+        "Northwind Traders",
+        (_EdgePerson("Nancy", "Davolio", "nancy.davolio@northwind.example", title="Buyer"),),
+        industry="Food & Beverage",
+        primary=False,
+    ),
+    _EdgeDeal(
+        "Globex — contact without email",
+        "Globex Corporation",
+        (
+            _EdgePerson("Hank", "Scorpio", None, title="CEO"),
+            _EdgePerson("Frank", "Grimes", "frank.grimes@globex.example", title="Engineer"),
+        ),
+        industry="Energy",
+    ),
+    _EdgeDeal(
+        "Initech — invalid email",
+        "Initech",
+        (_EdgePerson("Bill", "Lumbergh", "bill.lumbergh(at)initech", title="Division VP"),),
+    ),
+    _EdgeDeal(
+        "Umbrella Health — opted out",
+        "Umbrella Health",
+        (
+            _EdgePerson(
+                "Alice", "Abernathy", "alice.abernathy@umbrella-health.example", opted_out=True
+            ),
+        ),
+        industry="Healthcare",
+    ),
+    _EdgeDeal(
+        '<b>Stark</b> & "Sons" Ltd — HTML in names',
+        '<b>Stark</b> & "Sons" Ltd',
+        (_EdgePerson("Zoë <script>alert(1)</script>", "O'Brien", "zoe.obrien@stark-sons.example"),),
+        country="United Kingdom",
+        industry="Manufacturing",
+    ),
+    _EdgeDeal(
+        "北京数据科技有限公司 — Unicode names",
+        "北京数据科技有限公司",
+        (_EdgePerson("李", "伟", "li.wei@beijing-data.example", title="技术总监"),),
+        country="China",
+    ),
+    _EdgeDeal(
+        "Hooli — header injection",
+        "Hooli",
+        (
+            _EdgePerson(
+                "Gavin\r\nBcc: attacker@evil.example", "Belson", "gavin.belson@hooli.example"
+            ),
+        ),
+    ),
+    _EdgeDeal(
+        "Pied Piper — no owner",
+        "Pied Piper",
+        (_EdgePerson("Richard", "Hendricks", "richard.hendricks@piedpiper.example", title="CEO"),),
+        has_owner=False,
+    ),
+    _EdgeDeal(
+        "Vandelay Industries — no amount",
+        "Vandelay Industries",
+        (_EdgePerson("Art", "Vandelay", "art.vandelay@vandelay.example", title="Importer"),),
+        industry="Manufacturing",
+        random_amount=False,
+    ),
+    _EdgeDeal(
+        "Soylent — inactive CSM",
+        "Soylent",
+        (_EdgePerson("Sol", "Roth", "sol.roth@soylent.example", title="Head of Research"),),
+        industry="Food & Beverage",
+        inactive_csm=True,
+    ),
+    _EdgeDeal(
+        "Acme Corp — enterprise",
+        "Acme Corp",
+        (
+            _EdgePerson("Wile E.", "Coyote", "wile.coyote@acme.example", title="VP Engineering"),
+            _EdgePerson("Road", "Runner", "road.runner@acme.example", title="CFO"),
+            _EdgePerson("Marvin", "Martian", "marvin.martian@acme.example", title="IT Director"),
+        ),
+        amount=250000.0,
+        random_amount=False,
+    ),
+)
+EDGE_CASE_DEALS: tuple[str, ...] = tuple(edge.deal for edge in EDGE_CASES)
+
+
+def _ascii_slug(text: str, separator: str = "-") -> str:
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", separator, folded.lower()).strip(separator)
+
+
+class _Seeder:
+    def __init__(self, store: SandboxStore, rng: random.Random, today: date) -> None:
+        self.store = store
+        self.rng = rng
+        self.today = today
+        self.midnight = datetime.combine(today, time(0), tzinfo=UTC)
+        self.counts: dict[str, int] = {}
+        self.used_names: set[str] = set()
+
+    def insert(self, sobject: str, fields: dict[str, Any], modstamp: datetime) -> str:
+        self.counts[sobject] = self.counts.get(sobject, 0) + 1
+        return self.store.insert(sobject, fields, modstamp=modstamp)
+
+    def days_ago(self, days: int, *, hour_from: int = 8, hour_to: int = 18) -> datetime:
+        """A working-hours moment `days` days before today, to the millisecond."""
+        return (
+            self.midnight
+            - timedelta(days=days)
+            + timedelta(
+                hours=self.rng.randint(hour_from, hour_to - 1),
+                minutes=self.rng.randint(0, 59),
+                seconds=self.rng.randint(0, 59),
+                milliseconds=self.rng.randint(0, 999),
+            )
+        )
+
+    def person_name(self) -> tuple[str, str]:
+        while True:
+            first, last = self.rng.choice(_FIRST_NAMES), self.rng.choice(_LAST_NAMES)
+            if f"{first} {last}" not in self.used_names:
+                self.used_names.add(f"{first} {last}")
+                return first, last
+
+    # -- users --------------------------------------------------------------------------------
+
+    def users(self) -> tuple[list[str], list[str], str]:
+        """Return (account executives, active CSMs, inactive CSM)."""
+        created = self.midnight - timedelta(days=900)
+        titles = ["Account Executive"] * 4 + ["Customer Success Manager"] * 3
+        titles.append("Chief Customer Officer")
+        aes: list[str] = []
+        csms: list[str] = []
+        inactive = ""
+        for index, title in enumerate(titles):
+            first, last = self.person_name()
+            is_inactive = title == "Customer Success Manager" and index == 6
+            modstamp = created + timedelta(days=index)
+            if is_inactive:
+                modstamp = self.days_ago(20)
+            user_id = self.insert(
+                "User",
+                {
+                    "FirstName": first,
+                    "LastName": last,
+                    "Email": f"{_ascii_slug(first, '.')}.{_ascii_slug(last, '.')}@example.com",
+                    "Title": title,
+                    "IsActive": not is_inactive,
+                    "CreatedDate": created + timedelta(days=index),
+                },
+                modstamp,
+            )
+            if title == "Account Executive":
+                aes.append(user_id)
+            elif is_inactive:
+                inactive = user_id
+            elif title == "Customer Success Manager":
+                csms.append(user_id)
+        return aes, csms, inactive
+
+    # -- accounts and contacts ----------------------------------------------------------------
+
+    def company(self) -> tuple[str, str]:
+        while True:
+            kind, industry = self.rng.choice(_COMPANY_KINDS)
+            suffix = self.rng.choice(_LEGAL_SUFFIXES)
+            name = f"{self.rng.choice(_COMPANY_STEMS)} {kind} {suffix}".strip()
+            if name not in self.used_names:
+                self.used_names.add(name)
+                return name, industry
+
+    def account(
+        self, name: str, industry: str, country: str, owner: str | None
+    ) -> tuple[str, datetime]:
+        created = self.days_ago(self.rng.randint(200, 800))
+        account_id = self.insert(
+            "Account",
+            {"Name": name, "Industry": industry, "BillingCountry": country, "OwnerId": owner},
+            created,
+        )
+        return account_id, created
+
+    def contact(
+        self,
+        account_id: str,
+        owner: str | None,
+        created: datetime,
+        *,
+        first: str | None,
+        last: str,
+        email: str | None,
+        title: str,
+        opted_out: bool,
+    ) -> str:
+        return self.insert(
+            "Contact",
+            {
+                "AccountId": account_id,
+                "FirstName": first,
+                "LastName": last,
+                "Email": email,
+                "Title": title,
+                "HasOptedOutOfEmail": opted_out,
+                "OwnerId": owner,
+            },
+            created + timedelta(hours=self.rng.randint(1, 72)),
+        )
+
+    # -- opportunities ------------------------------------------------------------------------
+
+    def handoff_doc(
+        self, account: str, industry: str, contact: str, title: str, completeness: str
+    ) -> dict[str, str | None]:
+        n = self.rng.randint(3, 40)
+        texts = {
+            "Handoff_Situation__c": self.rng.choice(_SITUATIONS).format(account=account, n=n),
+            "Handoff_Goals__c": self.rng.choice(_GOALS),
+            "Handoff_Promises__c": self.rng.choice(_PROMISES).format(n=n),
+            "Handoff_Objections__c": self.rng.choice(_OBJECTIONS).format(industry=industry),
+            "Handoff_Stakeholders__c": self.rng.choice(_STAKEHOLDERS).format(
+                contact=contact, title=title
+            ),
+            "Handoff_Risks__c": self.rng.choice(_RISKS),
+        }
+        doc: dict[str, str | None] = dict.fromkeys(HANDOFF_FIELDS)
+        if completeness == "full":
+            doc.update(texts)
+        elif completeness == "partial":
+            kept = self.rng.sample(list(HANDOFF_FIELDS), self.rng.randint(2, 4))
+            doc.update({name: texts[name] for name in HANDOFF_FIELDS if name in kept})
+        return doc
+
+    def amount(self) -> float:
+        value = self.rng.lognormvariate(10.4, 0.7)
+        return float(min(400000, max(3000, round(value / 500) * 500)))
+
+    def contact_roles(
+        self,
+        deal_id: str,
+        contacts: Sequence[str],
+        primary: str | None,
+        created: datetime,
+        *,
+        extra_roles: bool = True,
+    ) -> None:
+        stamp = created + timedelta(hours=self.rng.randint(1, 48))
+        if primary is not None:
+            self.insert(
+                "OpportunityContactRole",
+                {
+                    "OpportunityId": deal_id,
+                    "ContactId": primary,
+                    "Role": self.rng.choice(("Decision Maker", "Economic Buyer")),
+                    "IsPrimary": True,
+                },
+                stamp,
+            )
+        if not extra_roles:
+            return
+        for contact_id in contacts:
+            if contact_id != primary and self.rng.random() < 0.6:
+                self.insert(
+                    "OpportunityContactRole",
+                    {
+                        "OpportunityId": deal_id,
+                        "ContactId": contact_id,
+                        "Role": self.rng.choice(
+                            ("Business User", "Decision Maker", "Economic Buyer")
+                        ),
+                        "IsPrimary": False,
+                    },
+                    stamp,
+                )
+
+
+@dataclass
+class _AccountInfo:
+    id: str
+    name: str
+    industry: str
+    owner: str | None
+    created: datetime
+    contacts: list[tuple[str, str, str, bool]]  # (id, full name, title, usable for mail)
+
+
+def seed_org(store: SandboxStore, *, seed: int = 7, deals: int = 60, today: date) -> dict[str, Any]:
+    """Fill an (empty) store with a realistic org and return summary counts.
+
+    Deterministic for the same (seed, deals, today): ``random.Random(seed)`` drives
+    every choice and every timestamp is derived from ``today``.
+    """
+    if deals < 0:
+        raise ValueError("deals must not be negative")
+    rng = random.Random(seed)
+    seeder = _Seeder(store, rng, today)
+    with store.transaction():
+        summary = _seed(seeder, deals)
+    log.info("Seeded sandbox org: %s", summary)
+    return summary
+
+
+def _seed(s: _Seeder, deals: int) -> dict[str, Any]:
+    rng = s.rng
+    aes, csms, inactive_csm = s.users()
+
+    accounts: list[_AccountInfo] = []
+    for _ in range(max(8, round(deals * 0.6))):
+        name, industry = s.company()
+        owner = rng.choice(aes)
+        account_id, created = s.account(name, industry, rng.choice(_COUNTRIES), owner)
+        info = _AccountInfo(account_id, name, industry, owner, created, [])
+        domain = _ascii_slug(name.removesuffix(" Inc.").removesuffix(" GmbH")) + ".example"
+        for _ in range(rng.randint(1, 3)):
+            first, last = s.person_name()
+            title = rng.choice(_CONTACT_TITLES)
+            opted_out = rng.random() < 0.05
+            email = f"{_ascii_slug(first, '.')}.{_ascii_slug(last, '.')}@{domain}"
+            contact_id = s.contact(
+                account_id, owner, created,
+                first=first, last=last, email=email, title=title, opted_out=opted_out,
+            )  # fmt: skip
+            info.contacts.append((contact_id, f"{first} {last}", title, not opted_out))
+        accounts.append(info)
+
+    n_recent = min(deals, max(4, round(deals * 0.2)))
+    n_old = min(deals - n_recent, round(deals * 0.2))
+    n_lost = min(deals - n_recent - n_old, round(deals * 0.15))
+    kinds = ["recent"] * n_recent + ["old"] * n_old + ["lost"] * n_lost
+    kinds += ["open"] * (deals - len(kinds))
+    rng.shuffle(kinds)
+    recent_positions = [i for i, kind in enumerate(kinds) if kind == "recent"]
+    shared_group = set(rng.sample(recent_positions, min(4, len(recent_positions))))
+    shared_stamp = s.midnight - timedelta(days=1) + timedelta(hours=2)
+
+    for position, kind in enumerate(kinds):
+        account = rng.choice(accounts)
+        fields: dict[str, Any] = {
+            "Name": f"{account.name} — {rng.choice(_PRODUCTS)}",
+            "AccountId": account.id,
+            "OwnerId": rng.choice(aes),
+            "Type": rng.choice(_TYPES),
+            "Amount": s.amount(),
+        }
+        primary_needed = kind == "recent"
+        if kind == "recent":
+            day = 2 if position in shared_group else rng.randint(1, 3)
+            changed = s.days_ago(day, hour_from=8, hour_to=18)
+            modstamp = changed + timedelta(minutes=rng.randint(0, 90), seconds=rng.randint(0, 59))
+            if position in shared_group:
+                modstamp = shared_stamp
+            fields.update(StageName="Closed Won", CloseDate=changed.date())
+            fields["Customer_Success_Manager__c"] = rng.choice(csms)
+        elif kind == "old":
+            changed = s.days_ago(rng.randint(30, 400))
+            modstamp = changed + timedelta(days=rng.randint(0, 10), minutes=rng.randint(1, 600))
+            fields.update(StageName="Closed Won", CloseDate=changed.date())
+            fields["Customer_Success_Manager__c"] = rng.choice([*csms, inactive_csm])
+        elif kind == "lost":
+            changed = s.days_ago(rng.randint(10, 300))
+            modstamp = changed + timedelta(days=rng.randint(0, 5), minutes=rng.randint(1, 600))
+            fields.update(StageName="Closed Lost", CloseDate=changed.date())
+        else:
+            changed = s.days_ago(rng.randint(2, 90))
+            latest = s.midnight - timedelta(minutes=rng.randint(5, 600))
+            modstamp = max(changed, min(changed + timedelta(hours=rng.randint(0, 40)), latest))
+            fields.update(
+                StageName=rng.choice(_OPEN_STAGES),
+                CloseDate=s.today + timedelta(days=rng.randint(7, 150)),
+            )
+            if rng.random() < 0.05:
+                fields["Amount"] = None
+        created = changed - timedelta(days=rng.randint(14, 150), hours=rng.randint(0, 12))
+        fields["CreatedDate"] = created
+        fields["LastStageChangeDate"] = changed
+
+        usable = [c for c in account.contacts if c[3]]
+        if primary_needed and not usable:
+            first, last = s.person_name()
+            contact_id = s.contact(
+                account.id, account.owner, account.created,
+                first=first, last=last, title="Operations Manager", opted_out=False,
+                email=f"{_ascii_slug(first, '.')}.{_ascii_slug(last, '.')}@example.org",
+            )  # fmt: skip
+            account.contacts.append((contact_id, f"{first} {last}", "Operations Manager", True))
+            usable = [account.contacts[-1]]
+        champion = rng.choice(usable or account.contacts)
+        if fields["StageName"] == "Closed Won":
+            roll = rng.random()
+            completeness = "full" if roll < 0.55 else "partial" if roll < 0.85 else "empty"
+            fields.update(
+                s.handoff_doc(
+                    account.name, account.industry, champion[1], champion[2], completeness
+                )
+            )
+        deal_id = s.insert("Opportunity", fields, modstamp)
+
+        contact_ids = [c[0] for c in account.contacts]
+        roll = rng.random()
+        if primary_needed or roll >= 0.10:
+            s.contact_roles(deal_id, contact_ids, champion[0], created)
+        elif roll >= 0.05:
+            s.contact_roles(deal_id, contact_ids, None, created)
+
+    for edge in EDGE_CASES:
+        _seed_edge_case(s, edge, aes, csms, inactive_csm)
+
+    counts = s.counts
+    return {
+        "users": counts.get("User", 0),
+        "accounts": counts.get("Account", 0),
+        "contacts": counts.get("Contact", 0),
+        "opportunities": counts.get("Opportunity", 0),
+        "opportunity_contact_roles": counts.get("OpportunityContactRole", 0),
+        "recent_won": n_recent + len(EDGE_CASES),
+        "edge_cases": len(EDGE_CASES),
+        "shared_modstamp": shared_stamp.isoformat().replace("+00:00", "Z"),
+        "shared_modstamp_deals": len(shared_group),
+    }
+
+
+def _seed_edge_case(
+    s: _Seeder, edge: _EdgeDeal, aes: list[str], csms: list[str], inactive_csm: str
+) -> None:
+    rng = s.rng
+    owner = rng.choice(aes)
+    account_id, account_created = s.account(edge.account, edge.industry, edge.country, owner)
+    contact_ids = [
+        s.contact(
+            account_id,
+            owner,
+            account_created,
+            first=person.first,
+            last=person.last,
+            email=person.email,
+            title=person.title,
+            opted_out=person.opted_out,
+        )  # fmt: skip
+        for person in edge.people
+    ]
+    changed = s.days_ago(1, hour_from=9, hour_to=17)
+    created = changed - timedelta(days=rng.randint(20, 120))
+    champion = edge.people[0]
+    champion_name = f"{champion.first or ''} {champion.last}".strip()
+    amount = s.amount() if edge.random_amount else edge.amount
+    fields: dict[str, Any] = {
+        "Name": edge.deal,
+        "AccountId": account_id,
+        "OwnerId": owner if edge.has_owner else None,
+        "Type": "New Business",
+        "Amount": amount,
+        "StageName": "Closed Won",
+        "CloseDate": changed.date(),
+        "LastStageChangeDate": changed,
+        "CreatedDate": created,
+        "Customer_Success_Manager__c": inactive_csm if edge.inactive_csm else rng.choice(csms),
+        **s.handoff_doc(edge.account, edge.industry, champion_name, champion.title, "full"),
+    }
+    modstamp = changed + timedelta(minutes=rng.randint(1, 45), milliseconds=rng.randint(0, 999))
+    deal_id = s.insert("Opportunity", fields, modstamp)
+    if edge.primary:
+        s.contact_roles(deal_id, contact_ids, contact_ids[0], created)

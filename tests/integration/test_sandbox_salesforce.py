@@ -1,0 +1,662 @@
+"""The sandbox CRM speaks enough Salesforce for the real simple-salesforce client.
+
+Every test goes over HTTP through ``simple_salesforce.Salesforce`` (with a transport
+adapter that turns its https:// URLs into plain http:// for the local server), so a
+behaviour that passes here is one the connector can rely on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from requests.adapters import HTTPAdapter
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import (
+    SalesforceExpiredSession,
+    SalesforceGeneralError,
+    SalesforceMalformedRequest,
+    SalesforceResourceNotFound,
+)
+
+from handoff.sandbox import EDGE_CASE_DEALS, SandboxServer, SandboxStore, seed_org
+from handoff.sandbox.ids import checksum
+
+TODAY = date(2026, 11, 23)
+TOKEN = "test-token"
+ID_RE = re.compile(r"^[0-9A-Za-z]{18}$")
+DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}\+0000$")
+
+
+class PlainHttpAdapter(HTTPAdapter):
+    """simple-salesforce always builds https:// URLs; the sandbox serves plain http."""
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        assert request.url is not None
+        request.url = "http://" + request.url.removeprefix("https://")
+        return super().send(request, **kwargs)
+
+
+def client(server: SandboxServer, token: str = TOKEN) -> Salesforce:
+    session = requests.Session()
+    session.mount(f"https://127.0.0.1:{server.port}", PlainHttpAdapter())
+    return Salesforce(instance_url=server.url, session_id=token, session=session)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxServer]:
+    db = tmp_path_factory.mktemp("sandbox") / "org.db"
+    with SandboxServer(db, token=TOKEN) as running:
+        seed_org(running.store, seed=7, deals=60, today=TODAY)
+        yield running
+
+
+@pytest.fixture(scope="module")
+def sf(server: SandboxServer) -> Salesforce:
+    return client(server)
+
+
+@pytest.fixture(autouse=True)
+def _no_faults_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "server" in request.fixturenames:
+        request.getfixturevalue("server").faults.clear()
+
+
+@pytest.fixture(scope="module")
+def org(server: SandboxServer) -> dict[str, Any]:
+    """Handy Ids from the seeded org."""
+    users = server.store.rows("User")
+    deals = {d["Name"]: d for d in server.store.rows("Opportunity")}
+    return {
+        "ae": next(u["Id"] for u in users if u["Title"] == "Account Executive"),
+        "inactive": next(u["Id"] for u in users if not u["IsActive"]),
+        "deal": deals["Acme Corp — enterprise"]["Id"],
+        "users": {u["Id"]: u for u in users},
+    }
+
+
+def task(org: dict[str, Any], subject: str, **changes: Any) -> dict[str, Any]:
+    record = {
+        "attributes": {"type": "Task"},
+        "Subject": subject,
+        "OwnerId": org["ae"],
+        "WhatId": org["deal"],
+        "ActivityDate": "2026-11-30",
+        "Priority": "High",
+        "Status": "Not Started",
+        "Description": "Kick-off call",
+        "IsReminderSet": True,
+        "ReminderDateTime": "2026-11-29T09:00:00Z",
+    }
+    record.update(changes)
+    return record
+
+
+def count_tasks(sf: Salesforce, subject_prefix: str) -> int:
+    escaped = subject_prefix.replace("\\", "\\\\").replace("'", "\\'")
+    soql = f"SELECT COUNT() FROM Task WHERE Subject LIKE '{escaped}%'"
+    return int(sf.query(soql)["totalSize"])
+
+
+# -- queries -------------------------------------------------------------------------------------
+
+
+def test_ids_are_real_18_char_salesforce_ids(org: dict[str, Any]) -> None:
+    deal = org["deal"]
+    assert ID_RE.match(deal) and deal.startswith("006")
+    assert deal[15:] == checksum(deal[:15])
+    assert org["ae"].startswith("005")
+
+
+def test_query_returns_salesforce_shaped_records_with_nested_lookups(sf: Salesforce) -> None:
+    soql = (
+        "SELECT Id, Name, Owner.Name, Account.Name, IsWon, Amount, CloseDate, SystemModstamp, "
+        "Customer_Success_Manager__r.Email, Customer_Success_Manager__r.IsActive "
+        "FROM Opportunity WHERE Name IN ('Pied Piper — no owner', 'Acme Corp — enterprise') "
+        "ORDER BY Name"
+    )
+    result = sf.query(soql)
+    assert result["totalSize"] == 2 and result["done"] is True
+    acme, pied_piper = result["records"]
+    assert list(acme) == [
+        "attributes", "Id", "Name", "Owner", "Account", "IsWon", "Amount", "CloseDate",
+        "SystemModstamp", "Customer_Success_Manager__r",
+    ]  # fmt: skip
+    assert acme["attributes"] == {
+        "type": "Opportunity",
+        "url": f"/services/data/v59.0/sobjects/Opportunity/{acme['Id']}",
+    }
+    assert acme["Owner"]["attributes"]["type"] == "User"
+    assert acme["Owner"]["attributes"]["url"].startswith("/services/data/v59.0/sobjects/User/005")
+    assert acme["Account"]["Name"] == "Acme Corp"
+    assert acme["IsWon"] is True and acme["Amount"] == 250000.0
+    assert acme["CloseDate"] == "2026-11-22" and DATETIME_RE.match(acme["SystemModstamp"])
+    csm = acme["Customer_Success_Manager__r"]
+    assert list(csm) == ["attributes", "Email", "IsActive"] and csm["IsActive"] is True
+    assert pied_piper["Owner"] is None, "an empty lookup is a null relationship, not a dict"
+
+
+def test_open_deals_have_a_null_csm_relationship(sf: Salesforce) -> None:
+    soql = (
+        "SELECT Id, Customer_Success_Manager__r.Name FROM Opportunity "
+        "WHERE IsClosed = false LIMIT 5"
+    )
+    records = sf.query(soql)["records"]
+    assert records and all(r["Customer_Success_Manager__r"] is None for r in records)
+
+
+def _csm_active(ctx: dict[str, Any], row: dict[str, Any]) -> bool | None:
+    user = ctx["users"].get(row["Customer_Success_Manager__c"])
+    return None if user is None else user["IsActive"]
+
+
+WHERE_CASES: list[tuple[str, str, Callable[[dict[str, Any], dict[str, Any]], bool]]] = [
+    (
+        "Opportunity",
+        "SystemModstamp >= 2026-11-20T00:00:00Z AND SystemModstamp < 2026-11-22T02:00:00Z",
+        lambda r, c: "2026-11-20T00" <= r["SystemModstamp"] < "2026-11-22T02:00:00.000",
+    ),
+    (
+        "Opportunity",
+        "SystemModstamp >= 2026-11-22T03:00:00.000+01:00",
+        lambda r, c: r["SystemModstamp"] >= "2026-11-22T02:00:00.000+0000",
+    ),
+    (
+        "Opportunity",
+        "SystemModstamp = 2026-11-22T02:00:00.000+0000",
+        lambda r, c: r["SystemModstamp"] == "2026-11-22T02:00:00.000+0000",
+    ),
+    ("Opportunity", "CloseDate < 2026-06-01", lambda r, c: r["CloseDate"] < "2026-06-01"),
+    (
+        "Opportunity",
+        "StageName IN ('Prospecting', 'qualification')",
+        lambda r, c: r["StageName"] in ("Prospecting", "Qualification"),
+    ),
+    (
+        "Opportunity",
+        "StageName NOT IN ('Closed Won', 'Closed Lost')",
+        lambda r, c: not r["IsClosed"],
+    ),
+    (
+        "Opportunity",
+        "(StageName = 'Closed Lost' OR IsWon = true) AND Amount > 50000",
+        lambda r, c: r["IsClosed"] and (r["Amount"] or 0) > 50000,
+    ),
+    (
+        "Opportunity",
+        "StageName = 'Closed Lost' OR IsWon = true AND Amount > 50000",
+        lambda r, c: r["StageName"] == "Closed Lost" or (r["IsWon"] and (r["Amount"] or 0) > 50000),
+    ),
+    ("Opportunity", "NOT (IsClosed = true)", lambda r, c: not r["IsClosed"]),
+    ("Opportunity", "Amount = null", lambda r, c: r["Amount"] is None),
+    ("Opportunity", "Amount != null AND Amount <= 10000", lambda r, c: (r["Amount"] or 1e9) <= 1e4),
+    ("Opportunity", "Name LIKE 'acme%'", lambda r, c: r["Name"].lower().startswith("acme")),
+    (
+        "Opportunity",
+        "Customer_Success_Manager__r.IsActive = false",
+        lambda r, c: _csm_active(c, r) is False,
+    ),
+    ("Contact", "LastName = 'O\\'Brien'", lambda r, c: r["LastName"] == "O'Brien"),
+    ("Contact", "FirstName = '李'", lambda r, c: r["FirstName"] == "李"),
+    ("Contact", "Email = null", lambda r, c: r["Email"] is None),
+]
+WHERE_IDS = [
+    "datetime_window", "datetime_offset_normalised", "datetime_equal_bulk_update", "date",
+    "in_case_insensitive", "not_in", "and_or_parentheses", "and_binds_tighter_than_or", "not",
+    "is_null", "null_and_range", "like", "relationship_field", "escaped_quote", "unicode",
+    "null_email",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("sobject", "where", "expected"), WHERE_CASES, ids=WHERE_IDS)
+def test_where_clauses_match_the_same_rows_as_python(
+    sf: Salesforce,
+    server: SandboxServer,
+    org: dict[str, Any],
+    sobject: str,
+    where: str,
+    expected: Callable[[dict[str, Any], dict[str, Any]], bool],
+) -> None:
+    rows = [r for r in server.store.rows(sobject) if not r["IsDeleted"]]
+    wanted = {r["Id"] for r in rows if expected(r, org)}
+    assert wanted and len(wanted) < len(rows), "the case must separate rows to prove anything"
+    got = [r["Id"] for r in sf.query_all(f"SELECT Id FROM {sobject} WHERE {where}")["records"]]
+    assert len(got) == len(set(got))
+    assert set(got) == wanted
+
+
+def test_order_by_and_limit(sf: Salesforce, server: SandboxServer) -> None:
+    rows = [r for r in server.store.rows("Opportunity") if r["Amount"] is not None]
+    rows.sort(key=lambda r: r["Name"].lower())
+    rows.sort(key=lambda r: r["Amount"], reverse=True)
+    soql = (
+        "SELECT Name, Amount FROM Opportunity WHERE Amount != null "
+        "ORDER BY Amount DESC, Name ASC LIMIT 7"
+    )
+    result = sf.query(soql)
+    assert result["totalSize"] == 7
+    assert [r["Name"] for r in result["records"]] == [r["Name"] for r in rows[:7]]
+    first = sf.query("SELECT Amount FROM Opportunity ORDER BY Amount ASC LIMIT 1")["records"]
+    assert first[0]["Amount"] is None, "ascending order puts nulls first, as Salesforce does"
+
+
+def test_query_all_walks_every_page(sf: Salesforce, server: SandboxServer, org: dict) -> None:
+    with server.store.transaction():
+        for n in range(4100):
+            server.store.insert("Task", {"Subject": f"bulk-{n:05d}", "OwnerId": org["ae"]})
+    soql = "SELECT Id, Subject FROM Task WHERE Subject LIKE 'bulk-%' ORDER BY Subject DESC"
+    first = sf.query(soql)
+    assert first["totalSize"] == 4100 and first["done"] is False
+    assert len(first["records"]) == 2000
+    assert re.match(
+        r"^/services/data/v59\.0/query/01g[0-9A-Za-z]{15}-2000$", first["nextRecordsUrl"]
+    )
+
+    before = server.stats()["by_route"].get("query_more", 0)
+    everything = sf.query_all(soql)["records"]
+    assert server.stats()["by_route"]["query_more"] - before == 2
+    subjects = [r["Subject"] for r in everything]
+    assert subjects == [f"bulk-{n:05d}" for n in reversed(range(4100))]
+
+
+def test_query_all_sees_soft_deleted_records_query_does_not(sf: Salesforce) -> None:
+    created = sf.Account.create({"Name": "Doomed Ltd"})
+    assert created["success"] is True and created["id"].startswith("001")
+    assert sf.Account.delete(created["id"]) == 204
+    soql = f"SELECT Id, IsDeleted FROM Account WHERE Id = '{created['id']}'"
+    assert sf.query(soql)["totalSize"] == 0
+    deleted = sf.query_all(soql, include_deleted=True)["records"]
+    assert [(r["Id"], r["IsDeleted"]) for r in deleted] == [(created["id"], True)]
+    with pytest.raises(SalesforceResourceNotFound):
+        sf.Account.get(created["id"])
+
+
+def test_stage_updates_keep_the_derived_fields_consistent(sf: Salesforce, org: dict) -> None:
+    created = sf.Opportunity.create(
+        {"Name": "Stage walk", "StageName": "Prospecting", "CloseDate": "2026-12-15"}
+    )
+    before = sf.Opportunity.get(created["id"])
+    assert before["IsClosed"] is False and before["IsWon"] is False
+    assert sf.Opportunity.update(created["id"], {"StageName": "Closed Won"}) == 204
+    after = sf.Opportunity.get(created["id"])
+    assert after["IsClosed"] is True and after["IsWon"] is True
+    assert after["LastStageChangeDate"] >= before["LastStageChangeDate"]
+    assert after["SystemModstamp"] >= before["SystemModstamp"]
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        sf.Opportunity.update(created["id"], {"IsWon": False})
+    assert refused.value.content[0]["errorCode"] == "INVALID_FIELD_FOR_INSERT_UPDATE"
+
+
+# -- writes: sObject Collections -----------------------------------------------------------------
+
+
+def test_composite_reports_per_record_results_in_order(sf: Salesforce, org: dict) -> None:
+    body = {
+        "allOrNone": False,
+        "records": [
+            task(org, "mixed-ok-1"),
+            task(org, "mixed-inactive", OwnerId=org["inactive"]),
+            task(org, "mixed-ok-2", Priority="Low"),
+        ],
+    }
+    results = sf.restful("composite/sobjects", method="POST", json=body)
+    assert [r["success"] for r in results] == [True, False, True]
+    assert results[0]["errors"] == [] and results[0]["id"].startswith("00T")
+    assert results[1]["errors"] == [
+        {
+            "statusCode": "INACTIVE_OWNER_OR_USER",
+            "message": f"operation performed with inactive user [{org['inactive']}] as owner "
+            "of task",
+            "fields": ["OwnerId"],
+        }
+    ]
+    assert count_tasks(sf, "mixed-") == 2
+    stored = sf.Task.get(results[0]["id"])
+    assert stored["WhatId"] == org["deal"] and stored["ActivityDate"] == "2026-11-30"
+    assert stored["ReminderDateTime"] == "2026-11-29T09:00:00.000+0000"
+
+
+def test_composite_all_or_none_rolls_everything_back(sf: Salesforce, org: dict) -> None:
+    body = {
+        "allOrNone": True,
+        "records": [
+            task(org, "aon-ok-1"),
+            task(org, "aon-bad", OwnerId=org["inactive"]),
+            task(org, "aon-ok-2"),
+        ],
+    }
+    results = sf.restful("composite/sobjects", method="POST", json=body)
+    assert [r["success"] for r in results] == [False, False, False]
+    codes = [r["errors"][0]["statusCode"] for r in results]
+    assert codes == [
+        "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+        "INACTIVE_OWNER_OR_USER",
+        "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+    ]
+    assert count_tasks(sf, "aon-") == 0
+
+
+def test_composite_refuses_more_than_200_records(sf: Salesforce, org: dict) -> None:
+    body = {"allOrNone": False, "records": [task(org, f"too-many-{n}") for n in range(201)]}
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        sf.restful("composite/sobjects", method="POST", json=body)
+    assert refused.value.status == 400
+    assert refused.value.content == [
+        {
+            "message": "record limit reached. cannot submit more than 200 records into this call",
+            "errorCode": "EXCEEDED_ID_LIMIT",
+            "fields": [],
+        }
+    ]
+    assert count_tasks(sf, "too-many-") == 0
+
+
+VALIDATION_CASES = [
+    ({"Bogus__c": "x"}, "INVALID_FIELD", []),
+    ({"Subject": None}, "REQUIRED_FIELD_MISSING", ["Subject"]),
+    ({"Subject": "x" * 256}, "STRING_TOO_LONG", ["Subject"]),
+    ({"WhatId": "not-an-id"}, "MALFORMED_ID", ["WhatId"]),
+    ({"WhatId": "006000000000000AAA"}, "INVALID_CROSS_REFERENCE_KEY", ["WhatId"]),
+    ({"Priority": "Urgent"}, "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", ["Priority"]),
+    ({"Status": "Done"}, "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", ["Status"]),
+    ({"ActivityDate": "next tuesday"}, "JSON_PARSER_ERROR", ["ActivityDate"]),
+]
+VALIDATION_IDS = [
+    "unknown_field", "required_missing", "string_too_long", "malformed_id",
+    "reference_does_not_exist", "restricted_priority", "restricted_status", "bad_date",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("changes", "code", "fields"), VALIDATION_CASES, ids=VALIDATION_IDS)
+def test_insert_validation(
+    sf: Salesforce, org: dict, changes: dict[str, Any], code: str, fields: list[str]
+) -> None:
+    subject = f"invalid-{code}-{sorted(changes)[0]}"
+    record = task(org, subject, **changes)
+    record.pop("attributes")
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        sf.Task.create(record)
+    [error] = refused.value.content
+    assert (error["errorCode"], error["fields"]) == (code, fields)
+    composite = sf.restful(
+        "composite/sobjects", method="POST", json={"records": [task(org, subject, **changes)]}
+    )
+    assert composite[0]["success"] is False
+    assert composite[0]["errors"][0]["statusCode"] == code
+    assert count_tasks(sf, "invalid-") == 0
+
+
+# -- protocol: auth, errors, limits, describe, faults ------------------------------------------
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token"], ids=["no_token", "wrong_token"])
+def test_requests_without_the_session_token_get_401(server: SandboxServer, token: str | None):
+    calls = server.stats()["api_calls"]
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = f"{server.url}/services/data/v59.0/query/"
+    answer = requests.get(url, params={"q": "SELECT Id FROM User"}, headers=headers, timeout=5)
+    assert answer.status_code == 401
+    assert answer.json() == [
+        {"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}
+    ]
+    if token:
+        with pytest.raises(SalesforceExpiredSession):
+            client(server, token).query("SELECT Id FROM User")
+    assert server.stats()["api_calls"] == calls, "refused requests are not API calls"
+
+
+QUERY_ERRORS = [
+    ("SELECT Id, Foo FROM Opportunity", "INVALID_FIELD",
+     "No such column 'Foo' on entity 'Opportunity'"),
+    ("SELECT Id, Bogus__r.Name FROM Opportunity", "INVALID_FIELD",
+     "Didn't understand relationship 'Bogus__r'"),
+    ("SELECT Id FROM Foo", "INVALID_TYPE", "sObject type 'Foo' is not supported."),
+    ("SELECT Id FROM Opportunity WHERE", "MALFORMED_QUERY", "unexpected token"),
+    ("SELECT Id Opportunity", "MALFORMED_QUERY", "unexpected token"),
+    ("SELECT Id FROM Opportunity WHERE CloseDate = '2026-01-01'", "INVALID_FIELD",
+     "must be of type date"),
+    ("SELECT Id FROM Opportunity GROUP BY Name", "MALFORMED_QUERY", "GROUP BY is not supported"),
+]  # fmt: skip
+QUERY_ERROR_IDS = [
+    "unknown_field", "unknown_relationship", "unknown_object", "dangling_where",
+    "missing_from", "quoted_date", "unsupported_group_by",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("soql", "code", "text"), QUERY_ERRORS, ids=QUERY_ERROR_IDS)
+def test_query_errors_use_salesforce_codes(sf: Salesforce, soql: str, code: str, text: str):
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        sf.query(soql)
+    [error] = refused.value.content
+    assert error["errorCode"] == code
+    assert text in error["message"]
+
+
+def test_every_answer_reports_api_usage(sf: Salesforce, server: SandboxServer) -> None:
+    sf.query("SELECT Id FROM User LIMIT 1")
+    first = sf.api_usage["api-usage"]
+    requests.get(f"{server.url}/__sandbox__/stats", timeout=5)  # control calls are not counted
+    sf.query("SELECT Id FROM User LIMIT 1")
+    second = sf.api_usage["api-usage"]
+    assert first.total == second.total == 15000
+    assert second.used == first.used + 1
+    assert server.stats()["api_calls"] == second.used
+
+
+def test_describe_is_generated_from_the_schema(sf: Salesforce) -> None:
+    described = sf.Task.describe()
+    assert described["name"] == "Task" and described["keyPrefix"] == "00T"
+    fields = {f["name"]: f for f in described["fields"]}
+    assert fields["OwnerId"]["referenceTo"] == ["User"]
+    assert fields["OwnerId"]["relationshipName"] == "Owner"
+    assert fields["WhatId"]["referenceTo"] == ["Opportunity", "Account"]
+    assert fields["Subject"]["type"] == "string" and fields["Subject"]["length"] == 255
+    priority = fields["Priority"]
+    assert [p["value"] for p in priority["picklistValues"]] == ["High", "Normal", "Low"]
+    assert priority["restrictedPicklist"] is True
+    assert all(f["externalId"] is False for f in described["fields"])
+    opportunity = {f["name"]: f for f in sf.Opportunity.describe()["fields"]}
+    csm = opportunity["Customer_Success_Manager__c"]
+    assert csm["relationshipName"] == "Customer_Success_Manager__r"
+    assert opportunity["Amount"]["type"] == "currency" and opportunity["Amount"]["nillable"]
+    assert opportunity["Handoff_Risks__c"]["length"] == 32000
+
+
+@pytest.mark.parametrize(
+    ("after_commit", "written"), [(True, 1), (False, 0)], ids=["after_commit", "before_commit"]
+)
+def test_injected_503_with_and_without_the_write(
+    sf: Salesforce, server: SandboxServer, org: dict, after_commit: bool, written: int
+) -> None:
+    rule = {
+        "method": "POST",
+        "path_contains": "/composite/sobjects",
+        "status": 503,
+        "times": 1,
+        "after_commit": after_commit,
+        "retry_after": 1,
+    }
+    added = requests.post(f"{server.url}/__sandbox__/faults", json=rule, timeout=5)
+    assert added.status_code == 201
+    prefix = f"fault-{after_commit}-"
+    body = {"allOrNone": False, "records": [task(org, prefix + "1")]}
+    with pytest.raises(SalesforceGeneralError) as failed:
+        sf.restful("composite/sobjects", method="POST", json=body)
+    assert failed.value.status == 503
+    assert failed.value.content[0]["errorCode"] == "SERVER_UNAVAILABLE"
+    assert count_tasks(sf, prefix) == written
+    results = sf.restful("composite/sobjects", method="POST", json=body)  # the rule is used up
+    assert results[0]["success"] is True
+    assert count_tasks(sf, prefix) == written + 1
+
+
+def test_fault_rules_can_be_listed_and_cleared(server: SandboxServer) -> None:
+    control = f"{server.url}/__sandbox__/faults"
+    requests.post(control, json={"error_code": "REQUEST_LIMIT_EXCEEDED", "times": 3}, timeout=5)
+    [rule] = requests.get(control, timeout=5).json()["rules"]
+    assert (rule["status"], rule["times"]) == (403, 3)
+    assert requests.post(control, json={"stauts": 503}, timeout=5).status_code == 400
+    assert requests.delete(control, timeout=5).json() == {"cleared": 1}
+
+
+# -- the seeded org ------------------------------------------------------------------------------
+
+
+def test_seeding_is_deterministic(tmp_path: Path) -> None:
+    def snapshot(name: str, seed: int) -> dict[str, list[dict[str, Any]]]:
+        store = SandboxStore(tmp_path / name)
+        try:
+            seed_org(store, seed=seed, deals=30, today=TODAY)
+            return {s: store.rows(s) for s in ("User", "Account", "Contact", "Opportunity",
+                                              "OpportunityContactRole")}  # fmt: skip
+        finally:
+            store.close()
+
+    first, again, other = snapshot("a.db", 11), snapshot("b.db", 11), snapshot("c.db", 12)
+    assert first == again
+    assert first["Opportunity"] and first != other
+
+
+def test_the_org_has_the_expected_people(sf: Salesforce) -> None:
+    users = sf.query("SELECT Title, IsActive FROM User")["records"]
+    titles = Counter((u["Title"], u["IsActive"]) for u in users)
+    assert titles == {
+        ("Account Executive", True): 4,
+        ("Customer Success Manager", True): 2,
+        ("Customer Success Manager", False): 1,
+        ("Chief Customer Officer", True): 1,
+    }
+
+
+def _primary(sf: Salesforce, deal_id: str) -> list[dict[str, Any]]:
+    soql = (
+        "SELECT Contact.FirstName, Contact.LastName, Contact.Email, Contact.HasOptedOutOfEmail "
+        f"FROM OpportunityContactRole WHERE OpportunityId = '{deal_id}' AND IsPrimary = true"
+    )
+    return [r["Contact"] for r in sf.query(soql)["records"]]
+
+
+EDGE_CHECKS: list[tuple[str, Callable[[dict[str, Any], list[dict[str, Any]]], bool]]] = [
+    ("Northwind Traders — no primary contact", lambda d, p: p == []),
+    ("Globex — contact without email", lambda d, p: p[0]["Email"] is None),
+    ("Initech — invalid email", lambda d, p: p[0]["Email"] == "bill.lumbergh(at)initech"),
+    ("Umbrella Health — opted out", lambda d, p: p[0]["HasOptedOutOfEmail"] is True),
+    (
+        '<b>Stark</b> & "Sons" Ltd — HTML in names',
+        lambda d, p: d["Account"]["Name"] == '<b>Stark</b> & "Sons" Ltd'
+        and (p[0]["FirstName"], p[0]["LastName"]) == ("Zoë <script>alert(1)</script>", "O'Brien"),
+    ),
+    (
+        "北京数据科技有限公司 — Unicode names",
+        lambda d, p: d["Account"]["Name"] == "北京数据科技有限公司"
+        and (p[0]["FirstName"], p[0]["LastName"]) == ("李", "伟"),
+    ),
+    (
+        "Hooli — header injection",
+        lambda d, p: p[0]["FirstName"] == "Gavin\r\nBcc: attacker@evil.example",
+    ),
+    ("Pied Piper — no owner", lambda d, p: d["Owner"] is None and len(p) == 1),
+    ("Vandelay Industries — no amount", lambda d, p: d["Amount"] is None),
+    ("Soylent — inactive CSM", lambda d, p: d["Customer_Success_Manager__r"]["IsActive"] is False),
+    (
+        "Acme Corp — enterprise",
+        lambda d, p: d["Amount"] == 250000.0
+        and all(d[f"Handoff_{k}__c"] for k in ("Situation", "Goals", "Promises", "Objections",
+                                                "Stakeholders", "Risks")),
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "check"), EDGE_CHECKS, ids=[n for n, _ in EDGE_CHECKS])
+def test_named_edge_case_deals(
+    sf: Salesforce, name: str, check: Callable[[dict[str, Any], list[dict[str, Any]]], bool]
+) -> None:
+    escaped = name.replace("\\", "\\\\").replace("'", "\\'")
+    soql = (
+        "SELECT Id, Name, Amount, IsWon, LastStageChangeDate, Account.Name, Owner.Name, "
+        "Customer_Success_Manager__r.IsActive, Handoff_Situation__c, Handoff_Goals__c, "
+        "Handoff_Promises__c, Handoff_Objections__c, Handoff_Stakeholders__c, Handoff_Risks__c "
+        f"FROM Opportunity WHERE Name = '{escaped}'"
+    )
+    [deal] = sf.query(soql)["records"]
+    assert deal["IsWon"] is True
+    assert deal["LastStageChangeDate"].startswith((TODAY - timedelta(days=1)).isoformat())
+    assert check(deal, _primary(sf, deal["Id"]))
+
+
+def test_edge_case_names_are_exported() -> None:
+    assert len(EDGE_CASE_DEALS) == len(EDGE_CHECKS)
+    assert set(EDGE_CASE_DEALS) == {name for name, _ in EDGE_CHECKS}
+
+
+def test_recent_wins_fall_in_the_window_and_some_share_a_modstamp(sf: Salesforce) -> None:
+    start = datetime.combine(TODAY - timedelta(days=3), datetime.min.time(), tzinfo=UTC)
+    soql = (
+        "SELECT Id, SystemModstamp, LastStageChangeDate FROM Opportunity WHERE IsWon = true "
+        f"AND LastStageChangeDate >= {start.strftime('%Y-%m-%dT%H:%M:%SZ')} "
+        "AND Name != 'Stage walk' "  # won through the API by another test, at wall-clock time
+        "ORDER BY SystemModstamp, Id"
+    )
+    recent = sf.query(soql)["records"]
+    assert len(recent) >= len(EDGE_CASE_DEALS) + 4
+    end_of_today = f"{TODAY.isoformat()}T23:59:59.999+0000"
+    for deal in recent:
+        assert deal["LastStageChangeDate"] < f"{TODAY.isoformat()}T00:00:00.000+0000"
+        assert deal["LastStageChangeDate"] <= deal["SystemModstamp"] <= end_of_today
+    shared = Counter(d["SystemModstamp"] for d in recent).most_common(1)[0]
+    assert shared[1] >= 3, "a bulk update leaves several wins with one SystemModstamp"
+
+
+# -- running the server --------------------------------------------------------------------------
+
+
+def test_the_server_thread_stops_cleanly(tmp_path: Path) -> None:
+    with SandboxServer(tmp_path / "quick.db") as running:
+        name = f"sandbox-crm-{running.port}"
+        assert any(t.name == name for t in threading.enumerate())
+        assert requests.get(f"{running.url}/__sandbox__/health", timeout=5).json() == {"ok": True}
+    assert not any(t.name == name for t in threading.enumerate())
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{running.url}/__sandbox__/health", timeout=2)
+
+
+def test_serve_seeds_announces_itself_and_stops_on_sigterm(tmp_path: Path) -> None:
+    db = tmp_path / "cli.db"
+    code = (
+        "import datetime, handoff.sandbox.server as s; "
+        f"s.serve({str(db)!r}, deals=5, today=datetime.date(2026, 11, 23), token='cli-token')"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            assert process.stdout is not None
+            announced = json.loads(process.stdout.readline())
+            assert set(announced) == {"salesforce_url", "token", "db"}
+            assert announced["token"] == "cli-token" and announced["db"] == str(db)
+            answer = requests.get(
+                f"{announced['salesforce_url']}/services/data/v59.0/query/",
+                params={"q": "SELECT COUNT() FROM Opportunity"},
+                headers={"Authorization": "Bearer cli-token"},
+                timeout=5,
+            )
+            assert answer.json()["totalSize"] == 5 + len(EDGE_CASE_DEALS)
+            process.send_signal(signal.SIGTERM)
+            _, errors = process.communicate(timeout=10)
+            assert process.returncode == 0, errors
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
