@@ -166,7 +166,7 @@ def run_demo(args: argparse.Namespace) -> int:
         SandboxServer(sandbox_db) as sandbox,
         SmtpSink(demo_dir / "mailbox") as sink,
     ):
-        if sandbox.store.count("Opportunity") == 0:
+        if sandbox.store.is_empty():
             seeded = seed_org(sandbox.store, seed=args.seed, deals=args.deals, today=args.today)
             print(f"Seeded the sandbox CRM: {seeded}")
         os.environ.update(connection_env(sandbox.url, sandbox.token, sink.host, sink.port))
