@@ -47,65 +47,59 @@ def handoff_salesforce():
     @task
     def extract(**context) -> dict:
         from handoff.pipeline import extract_changes
-        from handoff_airflow import runtime
         from handoff_airflow.hooks import HandoffSalesforceHook
+        from handoff_airflow.runtime import prepare
 
-        config = runtime.settings()
-        crm = HandoffSalesforceHook().get_crm(config)
-        store = runtime.state_store(config)
-        return extract_changes(crm, store, config, runtime.run_context(context).window_end)
+        settings, store, run = prepare(context)
+        crm = HandoffSalesforceHook().get_crm(settings)
+        return extract_changes(crm, store, settings, run.window_end)
 
     @task
     def detect(extracted: dict, **context) -> dict:
         from handoff.pipeline import detect_new_wins
-        from handoff_airflow import runtime
+        from handoff_airflow.runtime import prepare
 
-        config = runtime.settings()
-        store = runtime.state_store(config)
-        return detect_new_wins(store, config, SOURCE, runtime.run_context(context))
+        settings, store, run = prepare(context)
+        return detect_new_wins(store, settings, SOURCE, run)
 
     @task
     def plan(detected: dict, **context) -> dict:
         from handoff.pipeline import plan_actions
-        from handoff_airflow import runtime
+        from handoff_airflow.runtime import prepare
 
-        config = runtime.settings()
-        store = runtime.state_store(config)
-        return plan_actions(store, config, SOURCE, runtime.run_context(context))
+        settings, store, run = prepare(context)
+        return plan_actions(store, settings, SOURCE, run)
 
     @task
     def send_emails(planned: dict, **context) -> dict:
         from handoff.pipeline import send_emails as send
-        from handoff_airflow import runtime
         from handoff_airflow.hooks import HandoffSmtpHook
+        from handoff_airflow.runtime import prepare
 
-        config = runtime.settings()
-        store = runtime.state_store(config)
-        return send(store, config, HandoffSmtpHook().transport, runtime.run_context(context))
+        settings, store, run = prepare(context)
+        return send(store, settings, HandoffSmtpHook().transport, run)
 
     @task
     def write_tasks(planned: dict, **context) -> dict:
         from handoff.pipeline import write_tasks as write
-        from handoff_airflow import runtime
         from handoff_airflow.hooks import HandoffSalesforceHook
+        from handoff_airflow.runtime import prepare
 
-        config = runtime.settings()
-        crm = HandoffSalesforceHook().get_crm(config)
-        store = runtime.state_store(config)
-        return write(crm, store, runtime.run_context(context))
+        settings, store, run = prepare(context)
+        return write(HandoffSalesforceHook().get_crm(settings), store, run)
 
     @task
     def summarise(extracted: dict, emails: dict, tasks: dict, **context) -> dict:
         from handoff.pipeline import format_summary, summarise, summary_line
-        from handoff_airflow import runtime
+        from handoff_airflow.runtime import prepare
 
-        config = runtime.settings()
-        store = runtime.state_store(config)
-        calls = extracted["api_calls"] + tasks["api_calls"]
-        summary = summarise(store, config, SOURCE, runtime.run_context(context), calls)
+        settings, store, run = prepare(context)
+        summary = summarise(
+            store, settings, SOURCE, run, extracted["api_calls"] + tasks["api_calls"]
+        )
         print(format_summary(summary))
         print(summary_line(summary))
-        return {k: summary[k] for k in ("emails_sent", "tasks_created", "skipped", "failed")}
+        return {key: summary[key] for key in ("emails_sent", "tasks_created", "skipped", "failed")}
 
     extracted = extract()
     planned = plan(detect(extracted))

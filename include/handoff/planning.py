@@ -202,17 +202,25 @@ def _mailbox(person: Person) -> dict[str, str]:
 # -- CRM tasks ---------------------------------------------------------------------------------
 
 
+def _task_owner(deal: Deal, step: str, fields: _FieldNames) -> Person | PlannedAction:
+    """CS tasks belong to the CSM; without one, to the rep; without either, the step skips."""
+    owner = deal.csm if deal.csm is not None else deal.owner
+    if owner is not None:
+        return owner
+    return _skipped(
+        deal,
+        step,
+        ActionKind.TASK,
+        fields.csm,
+        f"the deal has neither a CSM nor an owner to own the {step} task",
+    )
+
+
 def _first_contact_task(deal: Deal, settings: Settings, fields: _FieldNames) -> PlannedAction:
     step = FIRST_CS_CONTACT
-    owner = deal.csm if deal.csm is not None else deal.owner
-    if owner is None:
-        return _skipped(
-            deal,
-            step,
-            ActionKind.TASK,
-            fields.csm,
-            "the deal has neither a CSM nor an owner to own the first CS contact task",
-        )
+    owner = _task_owner(deal, step, fields)
+    if isinstance(owner, PlannedAction):
+        return owner
     won_at = _won_at(deal)
     due = won_at + timedelta(hours=settings.tasks.first_contact_due_hours)
     hours = settings.tasks.first_contact_due_hours
@@ -254,15 +262,9 @@ def _handoff_meeting_task(
         )
     if deal.amount < threshold:
         return None
-    owner = deal.csm if deal.csm is not None else deal.owner
-    if owner is None:
-        return _skipped(
-            deal,
-            step,
-            ActionKind.TASK,
-            fields.csm,
-            "the deal has neither a CSM nor an owner to own the handoff meeting task",
-        )
+    owner = _task_owner(deal, step, fields)
+    if isinstance(owner, PlannedAction):
+        return owner
     won_day = _won_at(deal).date()
     rep = deal.owner.name if deal.owner else "(no owner on the deal)"
     task = CrmTask(

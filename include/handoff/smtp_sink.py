@@ -179,7 +179,7 @@ class SmtpSink:
             # aiosmtpd's own readiness probe connected once; it is not a client session.
             self._state.sessions = 0
         self._controller = controller
-        log.info("SMTP sink listening on %s:%s", self.host, self.port)
+        log.debug("SMTP sink listening on %s:%s", self.host, self.port)
         return self
 
     def stop(self) -> None:
@@ -190,7 +190,7 @@ class SmtpSink:
         self._controller.stop()
         self._controller = None
         self._requested_port = port  # keep .port meaningful after stop
-        log.info("SMTP sink on %s:%s stopped", self._host, port)
+        log.debug("SMTP sink on %s:%s stopped", self._host, port)
 
     def __enter__(self) -> SmtpSink:
         return self.start()

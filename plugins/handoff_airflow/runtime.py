@@ -22,16 +22,12 @@ def run_context(context: dict[str, Any]) -> RunContext:
     )
 
 
-def settings() -> Settings:
+def prepare(context: dict[str, Any]) -> tuple[Settings, StateStore, RunContext]:
+    """Settings (validated), the state store (migrated: a no-op when current) and the run."""
     from handoff.config import load_settings
-
-    return load_settings()
-
-
-def state_store(config: Settings) -> StateStore:
-    """The store, migrated to the newest schema (a no-op when it already is)."""
     from handoff.state import StateStore
 
-    store = StateStore(config.state.url)
+    settings = load_settings()
+    store = StateStore(settings.state.url)
     store.migrate()
-    return store
+    return settings, store, run_context(context)

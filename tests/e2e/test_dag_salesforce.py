@@ -189,3 +189,25 @@ def test_rerunning_a_day_after_a_failed_run_creates_nothing_twice(dag, org, sand
     assert summary["emails_sent"] == 1
     assert len(smtp_sink.messages) == 1
     assert len(tasks_in_crm(sandbox)) == 2
+
+
+def test_the_crm_token_never_reaches_a_log(tmp_path, smtp_sink, monkeypatch, capfd, caplog):
+    from handoff.sandbox.server import SandboxServer
+
+    token = "tok-9f8e7d6c5b4a-never-log-me"
+    with SandboxServer(tmp_path / "secret.db", token=token) as server:
+        SandboxOrg(server.store).won_deal("Secret keeper")
+        env = connection_env(server.url, token, smtp_sink.host, smtp_sink.port)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("HANDOFF_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
+        monkeypatch.setenv("HANDOFF_RUN_DIR", str(tmp_path / "runs"))
+        caplog.set_level("DEBUG")
+        dag_run, summary = run(load_dag("salesforce"))
+
+    assert summary["emails_sent"] == 1, "the run used the token successfully"
+    captured = capfd.readouterr()
+    assert token not in captured.out and token not in captured.err
+    assert token not in caplog.text
+    run_files = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert run_files and not [p for p in run_files if token in p.read_text(errors="replace")]

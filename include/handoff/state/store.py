@@ -113,15 +113,19 @@ class StateStore:
     # -- deal snapshots ------------------------------------------------------------------------
 
     def stored_modstamps(self, source: str, deal_ids: Sequence[str]) -> dict[str, datetime]:
-        result: dict[str, datetime] = {}
+        """The SystemModstamp of each deal already stored: how extraction drops repeats."""
+        return self._deal_column(source, deal_ids, deals.c.modstamp)
+
+    def _deal_column(self, source: str, deal_ids: Iterable[str], column) -> dict[str, Any]:
+        result: dict[str, Any] = {}
         with self.engine.connect() as conn:
             for chunk in chunked(list(deal_ids), 500):
                 rows = conn.execute(
-                    select(deals.c.deal_id, deals.c.modstamp).where(
+                    select(deals.c.deal_id, column).where(
                         deals.c.source == source, deals.c.deal_id.in_(chunk)
                     )
                 )
-                result.update({row.deal_id: row.modstamp for row in rows})
+                result.update({row[0]: row[1] for row in rows})
         return result
 
     def save_deals(
@@ -147,16 +151,7 @@ class StateStore:
                 self._set_watermark(conn, source, stream, watermark)
 
     def deal_records(self, source: str, deal_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        result: dict[str, dict[str, Any]] = {}
-        with self.engine.connect() as conn:
-            for chunk in chunked(list(deal_ids), 500):
-                rows = conn.execute(
-                    select(deals.c.deal_id, deals.c.record).where(
-                        deals.c.source == source, deals.c.deal_id.in_(chunk)
-                    )
-                )
-                result.update({row.deal_id: row.record for row in rows})
-        return result
+        return self._deal_column(source, deal_ids, deals.c.record)
 
     # -- onboarding ----------------------------------------------------------------------------
 
