@@ -228,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--token", default="sandbox-token")
     sandbox.add_argument("--reset", action="store_true")
 
+    bench = commands.add_parser("benchmark", help="time the pipeline on a large sandbox org")
+    bench.add_argument("--deals", type=int, default=5000)
+    bench.add_argument("--seed", type=int, default=7)
+    bench.add_argument("--json", action="store_true", help="print the figures as JSON")
+
     sink = commands.add_parser("smtp-sink", help="serve a local SMTP sink that keeps messages")
     sink.add_argument("--host", default="127.0.0.1")
     sink.add_argument("--port", type=int, default=0)
@@ -242,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": lambda: run_demo(args),
         "sandbox": lambda: _serve_sandbox(args),
         "smtp-sink": lambda: _serve_sink(args),
+        "benchmark": lambda: _benchmark(args),
     }
     return handlers[args.command]() or 0
 
@@ -259,6 +265,17 @@ def _serve_sandbox(args: argparse.Namespace) -> int:
         token=args.token,
         reset=args.reset,
     )
+    return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    import logging
+
+    from handoff.benchmark import format_report, run_benchmark
+
+    logging.disable(logging.ERROR)  # the seeded bad-input deals would flood the report
+    result = run_benchmark(args.deals, seed=args.seed)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
 

@@ -248,11 +248,13 @@ class _Seeder:
         )
 
     def person_name(self) -> tuple[str, str]:
-        while True:
+        """A fresh name while the 900 combinations last; then repeats, as large orgs have."""
+        for _ in range(50):
             first, last = self.rng.choice(_FIRST_NAMES), self.rng.choice(_LAST_NAMES)
             if f"{first} {last}" not in self.used_names:
-                self.used_names.add(f"{first} {last}")
-                return first, last
+                break
+        self.used_names.add(f"{first} {last}")
+        return first, last
 
     # -- users --------------------------------------------------------------------------------
 

@@ -1,0 +1,25 @@
+"""The benchmark's call counts: batching is a property of the code, checked without timing."""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+
+from handoff.benchmark import format_report, run_benchmark
+
+
+def test_api_calls_scale_with_batches_not_with_deals():
+    result = run_benchmark(1100, today=date(2026, 11, 23))
+    first, second = result["runs"]
+    wins = first["detect"]["new_deals"]
+    assert wins > 200, "enough recent wins to need two batches of contacts"
+    # One page of opportunities, then primary contacts 200 deals per IN list.
+    assert first["extract"]["api_calls"] == 1 + math.ceil(wins / 200)
+    written = first["write_tasks"]["tasks_created"] + first["write_tasks"]["tasks_failed"]
+    assert first["write_tasks"]["api_calls"] == math.ceil(written / 200)
+    assert result["smtp_sessions"] == 1
+    assert result["messages_received"] == first["send_emails"]["emails_sent"]
+    # The next day finds nothing: one query, no writes, no mail.
+    assert second["total_api_calls"] == 1
+    assert second["send_emails"]["emails_sent"] == 0 and second["write_tasks"]["tasks_created"] == 0
+    assert "total" in format_report(result)
