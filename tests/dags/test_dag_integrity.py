@@ -64,3 +64,31 @@ def test_the_salesforce_dag_runs_the_handoff_steps_in_order(dag_bag):
     assert dag.get_task("send_emails").upstream_task_ids == {"plan"}
     assert dag.get_task("write_tasks").upstream_task_ids == {"plan"}
     assert dag.get_task("summarise").upstream_task_ids == {"extract", "send_emails", "write_tasks"}
+
+
+def test_the_business_logic_package_never_imports_airflow():
+    import ast
+
+    package = Path(__file__).resolve().parents[2] / "include" / "handoff"
+    offenders = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "airflow"]
+    assert offenders == []
+
+
+def test_dag_files_import_airflow_only_through_the_sdk():
+    import ast
+
+    offenders = []
+    for path in DAGS.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            module = node.module or "" if isinstance(node, ast.ImportFrom) else ""
+            if module.startswith("airflow") and module != "airflow.sdk":
+                offenders.append(f"{path.name}: from {module} import ...")
+    assert offenders == []

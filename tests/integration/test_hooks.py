@@ -1,0 +1,54 @@
+"""The Airflow hooks turn connections into the package's clients, over real HTTP and SMTP."""
+
+from __future__ import annotations
+
+import pytest
+
+from handoff.cli import connection_env
+from handoff_airflow.hooks import HandoffSalesforceHook, HandoffSmtpHook
+
+
+@pytest.fixture
+def connections(sandbox, smtp_sink, monkeypatch):
+    for name, value in connection_env(
+        sandbox.url, sandbox.token, smtp_sink.host, smtp_sink.port
+    ).items():
+        monkeypatch.setenv(name, value)
+
+
+def test_salesforce_connection_test_passes_through_the_sandbox(connections):
+    ok, message = HandoffSalesforceHook().test_connection()
+    assert ok, message
+
+
+def test_a_wrong_token_fails_the_connection_test_without_echoing_it(
+    sandbox, smtp_sink, monkeypatch
+):
+    env = connection_env(sandbox.url, "wrong-token-123", smtp_sink.host, smtp_sink.port)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    ok, message = HandoffSalesforceHook().test_connection()
+    assert not ok
+    assert "INVALID_SESSION_ID" in message
+    assert "wrong-token-123" not in message
+
+
+def test_the_hook_session_carries_the_transport_policy(connections, settings):
+    crm = HandoffSalesforceHook().get_crm(settings)
+    assert crm.client.session.requests_made == 0
+    crm.primary_contacts(["006000000000001AAA"])
+    assert crm.api_calls == 1
+
+
+def test_smtp_hook_lends_one_connection_for_a_batch(connections, smtp_sink):
+    from email.message import EmailMessage
+
+    with HandoffSmtpHook().transport() as transport:
+        for n in range(3):
+            message = EmailMessage()
+            message["From"] = "a@seller.example"
+            message["To"] = f"c{n}@client.example"
+            message["Subject"] = "hi"
+            message.set_content("hello")
+            assert transport.send(message) == {}
+    assert smtp_sink.sessions == 1 and len(smtp_sink.messages) == 3
