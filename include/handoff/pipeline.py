@@ -30,7 +30,7 @@ from handoff.mail import (
     message_id,
     write_copy,
 )
-from handoff.models import ActionKind, ActionStatus, Contact, Deal, Person
+from handoff.models import ActionKind, ActionStatus, Contact, Deal, DealIssue, Person
 from handoff.planning import plan_deal, task_from_payload
 from handoff.state.store import StateStore
 
@@ -180,15 +180,29 @@ def plan_actions(
     """Turn each detected deal into outbox actions (once: dedupe keys are unique)."""
     deal_ids = store.deals_to_plan(source)
     records = store.deal_records(source, deal_ids)
-    planned = 0
+    planned = unplannable = 0
     for deal_id in deal_ids:
-        deal = Deal.from_record(records[deal_id])
-        actions, issues = plan_deal(deal, settings)
+        try:
+            deal = Deal.from_record(records[deal_id])
+            actions, issues = plan_deal(deal, settings)
+        except Exception as exc:  # one deal's bad data must not hold up the others
+            unplannable += 1
+            reason = f"deal {deal_id}: could not be planned ({type(exc).__name__}: {exc}); "
+            reason += "it stays detected and is tried again on the next run"
+            log.error("%s", reason)
+            store.record_issue(
+                DealIssue(source, deal_id, "record", "plan_error", reason), run.run_id
+            )
+            continue
         planned += store.record_plan(source, deal_id, actions, issues, run.run_id)
         for issue in issues:
             log.warning("%s", issue.reason)
-    log.info("Planned %s actions for %s deals", planned, len(deal_ids))
-    return {"deals_planned": len(deal_ids), "actions_planned": planned}
+    log.info("Planned %s actions for %s deals", planned, len(deal_ids) - unplannable)
+    return {
+        "deals_planned": len(deal_ids) - unplannable,
+        "deals_unplannable": unplannable,
+        "actions_planned": planned,
+    }
 
 
 # -- send emails -------------------------------------------------------------------------------

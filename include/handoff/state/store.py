@@ -310,19 +310,7 @@ class StateStore:
                 )
                 inserted += result.rowcount
             for issue in issues:
-                conn.execute(
-                    self._insert(deal_issues)
-                    .values(
-                        source=issue.source,
-                        deal_id=issue.deal_id,
-                        code=issue.code,
-                        field=issue.field,
-                        reason=issue.reason,
-                        run_id=run_id,
-                        created_at=now,
-                    )
-                    .on_conflict_do_nothing()
-                )
+                self._insert_issue(conn, issue, run_id)
             conn.execute(
                 update(onboarding)
                 .where(
@@ -333,6 +321,26 @@ class StateStore:
                 .values(status="planned", planned_run=run_id)
             )
         return inserted
+
+    def record_issue(self, issue: DealIssue, run_id: str) -> None:
+        """Record a data issue once per deal and code (re-runs do not repeat it)."""
+        with self.engine.begin() as conn:
+            self._insert_issue(conn, issue, run_id)
+
+    def _insert_issue(self, conn: Connection, issue: DealIssue, run_id: str) -> None:
+        conn.execute(
+            self._insert(deal_issues)
+            .values(
+                source=issue.source,
+                deal_id=issue.deal_id,
+                code=issue.code,
+                field=issue.field,
+                reason=issue.reason,
+                run_id=run_id,
+                created_at=utcnow(),
+            )
+            .on_conflict_do_nothing()
+        )
 
     # -- outbox --------------------------------------------------------------------------------
 
