@@ -10,11 +10,9 @@ The figures are recorded in the README; re-run after changing a hot path.
 from __future__ import annotations
 
 import json
-import smtplib
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 from handoff.config import Settings, StateSettings, load_settings
 from handoff.crm.http import build_session
 from handoff.crm.salesforce import SalesforceCRM
-from handoff.mail import SmtplibTransport
+from handoff.mail import smtp_transport
 from handoff.pipeline import (
     RunContext,
     detect_new_wins,
@@ -92,13 +90,8 @@ def _one_run(
     def context(task: str) -> RunContext:
         return RunContext(run_id=run_id, window_end=window_end, worker=f"bench/{run_id}/{task}")
 
-    @contextmanager
     def transport():
-        client = smtplib.SMTP(sink.host, sink.port, timeout=30)
-        try:
-            yield SmtplibTransport(client)
-        finally:
-            client.quit()
+        return smtp_transport(sink.host, sink.port)
 
     steps: dict[str, Callable[[], dict[str, Any]]] = {
         "extract": lambda: extract_changes(crm, store, settings, window_end),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import smtplib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
@@ -37,6 +39,19 @@ class SmtplibTransport:
 
     def send(self, message: EmailMessage) -> dict[str, tuple[int, bytes]]:
         return self.client.send_message(message)
+
+
+@contextmanager
+def smtp_transport(host: str, port: int, *, timeout: float = 30) -> Iterator[SmtplibTransport]:
+    """One plain SMTP connection for a batch, without Airflow (local relays, the sink)."""
+    client = smtplib.SMTP(host, port, timeout=timeout)
+    try:
+        yield SmtplibTransport(client)
+    finally:
+        try:
+            client.quit()
+        except (smtplib.SMTPException, OSError):
+            client.close()
 
 
 class TransientMailError(RuntimeError):

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import smtplib
 import threading
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 
-from handoff.mail import SmtplibTransport, TransientMailError
+from handoff.mail import TransientMailError, smtp_transport
 from handoff.models import ActionKind, ActionStatus
 from handoff.pipeline import RunContext, send_emails
 from handoff.planning import WELCOME_EMAIL, plan_deal
@@ -37,15 +37,7 @@ def plan_welcomes(store, settings, count: int) -> list[str]:
 
 
 def transport_to(sink):
-    @contextmanager
-    def open_transport():
-        client = smtplib.SMTP(sink.host, sink.port, timeout=10)
-        try:
-            yield SmtplibTransport(client)
-        finally:
-            client.close()
-
-    return open_transport
+    return partial(smtp_transport, sink.host, sink.port, timeout=10)
 
 
 def delivered_to(sink) -> list[str]:
