@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Literal
 
 from handoff.models import Contact, Deal, Person
 
@@ -91,7 +91,7 @@ class SandboxOrg:
         won_at: datetime = WON_AT,
         modstamp: datetime | None = None,
         amount: float | None = 120000.0,
-        contact: dict[str, Any] | None = None,
+        contact: dict[str, Any] | Literal[False] | None = None,
         primary: bool = True,
         owner: str | None | bool = True,
         csm: str | None | bool = True,

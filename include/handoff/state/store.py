@@ -13,8 +13,7 @@ Exactly-once rests on two rules kept here:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -76,11 +75,6 @@ class StateStore:
                 conn, opts={"version_table": "handoff_alembic_version"}
             )
             return context.get_current_revision()
-
-    @contextmanager
-    def begin(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
 
     def _insert(self, table):
         if self.dialect == "postgresql":
