@@ -526,12 +526,20 @@ class SalesforceApi:
             record_id = self.store.insert(sdef.name, values)
         return _Answer(201, {"id": record_id, "success": True, "errors": []})
 
-    def _update(self, request: Request, body: bytes) -> _Answer:
+    def _live_record(self, request: Request) -> tuple[SObjectDef, str, dict[str, Any]] | _Answer:
+        """The record a PATCH or DELETE targets, or the 404 Salesforce gives."""
         _, sdef, record_id, record = self._record_target(request)
         if sdef is None or record_id is None or record is None:
             return _error(404, "NOT_FOUND", _NOT_FOUND)
         if record["IsDeleted"]:
             return _error(404, "ENTITY_IS_DELETED", "entity is deleted")
+        return sdef, record_id, record
+
+    def _update(self, request: Request, body: bytes) -> _Answer:
+        target = self._live_record(request)
+        if isinstance(target, _Answer):
+            return target
+        sdef, record_id, record = target
         payload = self._json(body)
         if not isinstance(payload, dict):
             return _error(400, "JSON_PARSER_ERROR", "Expected a JSON object for the record")
@@ -543,11 +551,10 @@ class SalesforceApi:
         return _Answer(204)
 
     def _delete(self, request: Request, body: bytes) -> _Answer:
-        _, sdef, record_id, record = self._record_target(request)
-        if sdef is None or record_id is None or record is None:
-            return _error(404, "NOT_FOUND", _NOT_FOUND)
-        if record["IsDeleted"]:
-            return _error(404, "ENTITY_IS_DELETED", "entity is deleted")
+        target = self._live_record(request)
+        if isinstance(target, _Answer):
+            return target
+        sdef, record_id, _ = target
         self.store.delete(sdef.name, record_id)
         return _Answer(204)
 

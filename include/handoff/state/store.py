@@ -435,23 +435,18 @@ class StateStore:
 
     def actions(self, **filters: Any) -> list[dict[str, Any]]:
         """Outbox rows matching column filters (for summaries and tests)."""
-        query = select(outbox).order_by(outbox.c.id)
-        for column, value in filters.items():
-            query = query.where(outbox.c[column] == value)
-        with self.engine.connect() as conn:
-            return [dict(row) for row in conn.execute(query).mappings()]
+        return self._rows(outbox, [outbox.c.id], filters)
 
     def issues(self, **filters: Any) -> list[dict[str, Any]]:
-        query = select(deal_issues).order_by(deal_issues.c.id)
-        for column, value in filters.items():
-            query = query.where(deal_issues.c[column] == value)
-        with self.engine.connect() as conn:
-            return [dict(row) for row in conn.execute(query).mappings()]
+        return self._rows(deal_issues, [deal_issues.c.id], filters)
 
     def onboarding_rows(self, **filters: Any) -> list[dict[str, Any]]:
-        query = select(onboarding).order_by(onboarding.c.won_at, onboarding.c.deal_id)
+        return self._rows(onboarding, [onboarding.c.won_at, onboarding.c.deal_id], filters)
+
+    def _rows(self, table, order, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        query = select(table).order_by(*order)
         for column, value in filters.items():
-            query = query.where(onboarding.c[column] == value)
+            query = query.where(table.c[column] == value)
         with self.engine.connect() as conn:
             return [dict(row) for row in conn.execute(query).mappings()]
 
