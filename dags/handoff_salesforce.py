@@ -10,12 +10,15 @@ backlog), and for each new deal:
 - creates a **"First CS contact"** task for the CSM, due within 4 hours of the close;
 - creates an **"Internal handoff meeting"** task for deals at or above the configured amount.
 
-Each step happens once per deal, whatever the re-runs and retries. Deals with bad data (no
-primary contact, invalid email, no owner...) are reported by deal and field; the others go on.
+Each step happens once per deal, whatever the re-runs, retries and crashes. Deals with bad data
+(no primary contact, invalid email, no owner...) are reported by deal and field; the others go
+on. A problem no retry can fix (a setting, an expired token, the org's daily API limit, a state
+store that does not match the CRM) fails the run at once with its cause.
 
 Connections: `salesforce_default` (Salesforce), `smtp_default` (SMTP). Playbook settings:
-`include/config/handoff.toml`. What each run did: the `summarise` task's log and
-`var/runs/<run id>/summary.json` (with the `.eml` and HTML preview of every email sent).
+`include/config/handoff.toml`. What each run did, failed runs included: the `summarise` task's
+log and `var/runs/<run id>/summary.json` (with the `.eml` and HTML preview of every email sent,
+and every email or task still waiting, with when it is tried again).
 """
 
 from __future__ import annotations
@@ -45,65 +48,87 @@ SOURCE = "salesforce"
 )
 def handoff_salesforce():
     @task
-    def extract(**context) -> dict:
+    def preflight(**context) -> dict:
+        from handoff.pipeline import check_templates
+        from handoff_airflow.runtime import check_connections, step
+
+        with step(context, SOURCE) as (settings, store, _):
+            store.migrate()
+            check_connections("salesforce_default", "smtp_default")
+            check_templates(settings)
+            return {"state_store": store.location}
+
+    @task
+    def extract(checked: dict, **context) -> dict:
         from handoff.pipeline import extract_changes
         from handoff_airflow.hooks import HandoffSalesforceHook
-        from handoff_airflow.runtime import prepare
+        from handoff_airflow.runtime import step
 
-        settings, store, run = prepare(context)
-        crm = HandoffSalesforceHook().get_crm(settings)
-        return extract_changes(crm, store, settings, run.window_end)
+        with step(context, SOURCE) as (settings, store, run):
+            crm = HandoffSalesforceHook().get_crm(settings)
+            return extract_changes(crm, store, settings, run.window_end)
 
     @task
     def detect(extracted: dict, **context) -> dict:
         from handoff.pipeline import detect_new_wins
-        from handoff_airflow.runtime import prepare
+        from handoff_airflow.hooks import HandoffSalesforceHook
+        from handoff_airflow.runtime import step
 
-        settings, store, run = prepare(context)
-        return detect_new_wins(store, settings, SOURCE, run)
+        with step(context, SOURCE) as (settings, store, run):
+            crm = HandoffSalesforceHook().get_crm(settings)
+            return detect_new_wins(store, settings, crm, run)
 
     @task
     def plan(detected: dict, **context) -> dict:
         from handoff.pipeline import plan_actions
-        from handoff_airflow.runtime import prepare
+        from handoff_airflow.runtime import step
 
-        settings, store, run = prepare(context)
-        return plan_actions(store, settings, SOURCE, run)
+        with step(context, SOURCE) as (settings, store, run):
+            return plan_actions(store, settings, SOURCE, run)
 
     @task
     def send_emails(planned: dict, **context) -> dict:
         from handoff.pipeline import send_emails as send
         from handoff_airflow.hooks import HandoffSmtpHook
-        from handoff_airflow.runtime import prepare
+        from handoff_airflow.runtime import step
 
-        settings, store, run = prepare(context)
-        return send(store, settings, HandoffSmtpHook().transport, run)
+        with step(context, SOURCE) as (settings, store, run):
+            return send(store, settings, HandoffSmtpHook().transport, run, source=SOURCE)
 
     @task
     def write_tasks(planned: dict, **context) -> dict:
         from handoff.pipeline import write_tasks as write
         from handoff_airflow.hooks import HandoffSalesforceHook
-        from handoff_airflow.runtime import prepare
+        from handoff_airflow.runtime import step
 
-        settings, store, run = prepare(context)
-        return write(HandoffSalesforceHook().get_crm(settings), store, run)
+        with step(context, SOURCE) as (settings, store, run):
+            return write(HandoffSalesforceHook().get_crm(settings), store, settings, run)
 
-    @task
-    def summarise(extracted: dict, emails: dict, tasks: dict, **context) -> dict:
+    @task(trigger_rule="all_done")
+    def summarise(
+        extracted: dict | None,
+        detected: dict | None,
+        emails: dict | None,
+        tasks: dict | None,
+        **context,
+    ) -> dict:
+        """Runs whatever happened upstream, so a failed run gets its summary too."""
         from handoff.pipeline import format_summary, summarise, summary_line
-        from handoff_airflow.runtime import prepare
+        from handoff_airflow.runtime import fail_if_a_step_failed, step
 
-        settings, store, run = prepare(context)
-        summary = summarise(
-            store, settings, SOURCE, run, extracted["api_calls"] + tasks["api_calls"]
-        )
+        counts = (extracted, detected, emails, tasks)  # None for a step that failed
+        api_calls = sum(c.get("api_calls", 0) for c in counts if c)
+        with step(context, SOURCE) as (settings, store, run):
+            summary = summarise(store, settings, SOURCE, run, api_calls)
         print(format_summary(summary))
         print(summary_line(summary))
+        fail_if_a_step_failed(summary)
         return {key: summary[key] for key in ("emails_sent", "tasks_created", "skipped", "failed")}
 
-    extracted = extract()
-    planned = plan(detect(extracted))
-    summarise(extracted, send_emails(planned), write_tasks(planned))
+    extracted = extract(preflight())
+    detected = detect(extracted)
+    planned = plan(detected)
+    summarise(extracted, detected, send_emails(planned), write_tasks(planned))
 
 
 handoff_salesforce_dag = handoff_salesforce()

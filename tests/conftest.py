@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+TEST_CONFIG = ROOT / "tests" / "config" / "handoff.toml"
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="handoff-test-airflow-"))
 
 for _name in [n for n in os.environ if n.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))]:
@@ -30,9 +31,11 @@ os.environ.update(
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
         "HANDOFF_HOME": str(ROOT),
+        # The tests' own configuration, never the shipped one.
+        "HANDOFF_CONFIG": str(TEST_CONFIG),
     }
 )
-for _name in ("HANDOFF_CONFIG", "HANDOFF_STATE_URL", "HANDOFF_RUN_DIR"):
+for _name in ("HANDOFF_STATE_URL", "HANDOFF_RUN_DIR"):
     os.environ.pop(_name, None)
 
 _MIGRATED = ROOT / ".airflow" / "airflow.db"
@@ -111,7 +114,7 @@ def store(store_url):
 
 @pytest.fixture
 def settings(tmp_path, monkeypatch):
-    """The project's configuration, with the state store and run folder in a temp dir."""
+    """The tests' configuration, with the state store and run folder in a temp dir."""
     from handoff.config import load_settings
 
     monkeypatch.setenv("HANDOFF_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
@@ -157,8 +160,4 @@ def salesforce_client(sandbox):
 def crm(salesforce_client, settings):
     from handoff.crm.salesforce import SalesforceCRM
 
-    return SalesforceCRM(
-        salesforce_client,
-        csm_field=settings.salesforce.csm_field,
-        handoff_fields=settings.salesforce.handoff_fields.model_dump(),
-    )
+    return SalesforceCRM.from_settings(salesforce_client, settings)

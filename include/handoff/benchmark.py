@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +21,7 @@ from handoff.config import Settings, StateSettings, load_settings
 from handoff.crm.http import build_session
 from handoff.crm.salesforce import SalesforceCRM
 from handoff.mail import smtp_transport
-from handoff.pipeline import (
-    RunContext,
-    detect_new_wins,
-    extract_changes,
-    plan_actions,
-    send_emails,
-    write_tasks,
-)
+from handoff.pipeline import steps_in_order
 from handoff.sandbox.seed import seed_org
 from handoff.sandbox.server import SandboxServer
 from handoff.smtp_sink import SmtpSink
@@ -53,11 +46,7 @@ def run_benchmark(deals: int, *, seed: int = 7, today: date | None = None) -> di
             seed_seconds = time.perf_counter() - started
             store = StateStore(settings.state.url)
             store.migrate()
-            crm = SalesforceCRM(
-                _client(sandbox),
-                csm_field=settings.salesforce.csm_field,
-                handoff_fields=settings.salesforce.handoff_fields.model_dump(),
-            )
+            crm = SalesforceCRM.from_settings(_client(sandbox), settings)
             runs = [_one_run(crm, store, settings, sink, window_end, f"bench-{n}") for n in (1, 2)]
             store.dispose()
             return {
@@ -87,19 +76,8 @@ def _one_run(
     window_end: datetime,
     run_id: str,
 ) -> dict[str, Any]:
-    def context(task: str) -> RunContext:
-        return RunContext(run_id=run_id, window_end=window_end, worker=f"bench/{run_id}/{task}")
-
-    def transport():
-        return smtp_transport(sink.host, sink.port)
-
-    steps: dict[str, Callable[[], dict[str, Any]]] = {
-        "extract": lambda: extract_changes(crm, store, settings, window_end),
-        "detect": lambda: detect_new_wins(store, settings, crm.source, context("detect")),
-        "plan": lambda: plan_actions(store, settings, crm.source, context("plan")),
-        "send_emails": lambda: send_emails(store, settings, transport, context("send_emails")),
-        "write_tasks": lambda: write_tasks(crm, store, context("write_tasks")),
-    }
+    transport = partial(smtp_transport, sink.host, sink.port)
+    steps = steps_in_order(crm, store, settings, transport, run_id, window_end)
     figures: dict[str, Any] = {}
     for name, step in steps.items():
         calls = crm.api_calls

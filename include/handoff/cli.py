@@ -17,12 +17,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+from handoff.config import project_root
+
 SOURCES = ("salesforce",)
-
-
-def project_root() -> Path:
-    """The folder holding dags/, plugins/, include/ (``HANDOFF_HOME`` when set)."""
-    return Path(os.environ.get("HANDOFF_HOME") or Path(__file__).resolve().parents[2])
 
 
 def airflow_environment(root: Path) -> dict[str, str]:
@@ -99,28 +96,74 @@ def _output_to(log_path: Path, enabled: bool):
             os.close(saved[1])
 
 
-def run_dag(source: str, day: date | None, *, verbose: bool = False) -> tuple[int, dict | None]:
-    """One DAG run; returns (exit code, summary)."""
-    _prepare_airflow()
-    from handoff.config import load_settings
-    from handoff.pipeline import safe_name
+@contextmanager
+def _one_run_at_a_time(source: str, day: date | None):
+    """Two runs of one source at once would trip over each other inside Airflow: refuse."""
+    import fcntl
 
-    settings = load_settings()
+    home = Path(os.environ["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    label = day.isoformat() if day else "the last 24 hours"
+    with open(home / f"handoff-run-{source}.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunInProgress(
+                f"a {source} run is already in progress ({holder}); wait for it to finish "
+                f"before starting the run for {label}"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"the run for {label}, process {os.getpid()}")
+        handle.flush()
+        yield
+
+
+class RunInProgress(RuntimeError):
+    """Another ``handoff run`` of the same source holds the lock."""
+
+
+def run_dag(source: str, day: date | None, *, verbose: bool = False) -> tuple[int, dict | None]:
+    """One DAG run; returns (exit code, summary). A failed run still returns its summary."""
+    _prepare_airflow()
+    from handoff.config import ConfigError, load_settings
+    from handoff.pipeline import safe_name
+    from handoff.state import StateStore
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return 2, None
+    store = StateStore(settings.state.url)
+    print(f"State store: {store.location}")
+    store.dispose()
     log_path = settings.output.run_dir / "airflow.log"
-    with _output_to(log_path, enabled=not verbose):
-        dag = load_dag(source)
-        dag_run = dag.test(logical_date=logical_date_for(day))
+    try:
+        with _one_run_at_a_time(source, day), _output_to(log_path, enabled=not verbose):
+            dag = load_dag(source)
+            dag_run = dag.test(logical_date=logical_date_for(day))
+    except RunInProgress as exc:
+        print(f"Not started: {exc}", file=sys.stderr)
+        return 1, None
     summary_path = settings.output.run_dir / safe_name(dag_run.run_id) / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     state = str(getattr(dag_run.state, "value", dag_run.state))
-    if state != "success" or not summary_path.exists():
+    if state == "success" and summary is not None:
+        return 0, summary
+    if summary is None:
         failed = [ti.task_id for ti in dag_run.get_task_instances() if ti.state != "success"]
         print(
-            f"DAG run {dag_run.run_id} ended {state}; unfinished tasks: {', '.join(failed)}. "
-            f"Airflow's log: {log_path}",
+            f"DAG run {dag_run.run_id} ended {state} before it could write its summary; "
+            f"unfinished tasks: {', '.join(failed)}. Airflow's log: {log_path}",
             file=sys.stderr,
         )
-        return 1, None
-    return 0, json.loads(summary_path.read_text())
+    else:
+        causes = "; ".join(f"{f['step']}: {f['message']}" for f in summary["failed_steps"])
+        print(f"DAG run {dag_run.run_id} ended {state}. {causes}", file=sys.stderr)
+    return 1, summary
 
 
 # -- demo --------------------------------------------------------------------------------------
@@ -190,6 +233,33 @@ def run_once(args: argparse.Namespace) -> int:
     return code
 
 
+def init_store(args: argparse.Namespace) -> int:
+    """Create or upgrade the state store; declare it the start of this CRM's history."""
+    from handoff.config import ConfigError, load_settings
+    from handoff.pipeline import declare_fresh_start
+    from handoff.state import StateStore
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return 2
+    store = StateStore(settings.state.url)
+    try:
+        print(f"State store: {store.location}")
+        start = declare_fresh_start(store, datetime.now(UTC))
+    finally:
+        store.dispose()
+    if start is None:
+        print("The store holds history already: its schema is up to date, nothing else changed.")
+    else:
+        print(
+            f"The store is ready. It onboards deals won from {start} on; earlier wins are left "
+            "to any earlier installation. Running `handoff init` again changes nothing."
+        )
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 
@@ -208,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--source", choices=SOURCES, default="salesforce")
     run.add_argument("--date", type=_date, help="process this day (default: the 24 h until now)")
     run.add_argument("--verbose", action="store_true", help="show Airflow's output")
+
+    commands.add_parser(
+        "init",
+        help="create or upgrade the state store and make it the start of the CRM's history",
+    )
 
     demo = commands.add_parser("demo", help="run the DAG against the sandbox CRM and an SMTP sink")
     demo.add_argument("--reset", action="store_true", help="start from a freshly seeded CRM")
@@ -243,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers: dict[str, Any] = {
         "run": lambda: run_once(args),
+        "init": lambda: init_store(args),
         "demo": lambda: run_demo(args),
         "sandbox": lambda: _serve_sandbox(args),
         "smtp-sink": lambda: _serve_sink(args),

@@ -2,6 +2,11 @@
 
 Nothing here is read at import time: callers ask for :func:`load_settings` when they run, so a
 DAG file parses without the configuration, the database or any secret.
+
+Relative paths in the file (the SQLite state store, the run folder, the templates) resolve
+against the project root, never against the file's own location, so moving or copying the
+configuration file never points a run at a different state store. The project root is
+``HANDOFF_HOME`` when set, else the folder that holds ``include/`` (``dags/`` beside it).
 """
 
 from __future__ import annotations
@@ -12,12 +17,25 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, PositiveInt, ValidationError
 
+from handoff.errors import ConfigError
+
+__all__ = ["ConfigError", "Settings", "load_settings", "project_root"]
+
 CONFIG_ENV = "HANDOFF_CONFIG"
 HOME_ENV = "HANDOFF_HOME"
 STATE_URL_ENV = "HANDOFF_STATE_URL"
 RUN_DIR_ENV = "HANDOFF_RUN_DIR"
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "handoff.toml"
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def project_root() -> Path:
+    """The folder relative paths resolve against: ``HANDOFF_HOME``, else the checkout root."""
+    return Path(os.environ.get(HOME_ENV) or PACKAGE_ROOT).resolve()
+
+
+def default_config_path() -> Path:
+    return project_root() / "include" / "config" / "handoff.toml"
 
 
 class _Section(BaseModel):
@@ -25,8 +43,9 @@ class _Section(BaseModel):
 
 
 class DetectionSettings(_Section):
-    lookback_days: PositiveInt = 7
-    extract_overlap_seconds: int = Field(300, ge=0)
+    # A year at most: a longer look-back would mail clients about deals long since onboarded.
+    lookback_days: int = Field(7, ge=1, le=366)
+    extract_overlap_seconds: int = Field(300, ge=0, le=86400)
 
 
 class SenderSettings(_Section):
@@ -67,7 +86,20 @@ class HandoffFields(_Section):
 
 class SalesforceSettings(_Section):
     csm_field: str = "Customer_Success_Manager__c"
+    # A custom text field on Task that holds each task's dedupe key, where free text cannot
+    # forge it. Empty: the org has none, and the key is read from the last Description line.
+    task_key_field: str = Field("Handoff_Key__c", pattern=r"^(|[A-Za-z][A-Za-z0-9_]*__c)$")
     handoff_fields: HandoffFields
+
+
+class DispatchSettings(_Section):
+    """How sending and CRM writes share work and settle answers that never arrived."""
+
+    # A claimed row whose worker shows no progress for this long is taken over by the next run:
+    # sent if it was never attempted, settled (looked up or held) if it was.
+    lease_seconds: int = Field(600, ge=1, le=86400)
+    # Before looking up writes whose answer was lost, give the CRM this long to finish them.
+    reconcile_delay_seconds: float = Field(5.0, ge=0, le=300)
 
 
 class StateSettings(_Section):
@@ -86,17 +118,14 @@ class Settings(_Section):
     tasks: TaskSettings = TaskSettings()
     timeline: TimelineSettings = TimelineSettings()
     salesforce: SalesforceSettings
+    dispatch: DispatchSettings = DispatchSettings()
     state: StateSettings = StateSettings()
     output: OutputSettings = OutputSettings()
 
 
-class ConfigError(ValueError):
-    """The configuration file is missing or invalid; the message names file, setting and value."""
-
-
 def load_settings(path: str | Path | None = None) -> Settings:
     """Read, validate and resolve the configuration (file from ``HANDOFF_CONFIG`` if set)."""
-    config_path = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    config_path = Path(path or os.environ.get(CONFIG_ENV) or default_config_path())
     try:
         raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
@@ -111,12 +140,12 @@ def load_settings(path: str | Path | None = None) -> Settings:
             for err in exc.errors()
         )
         raise ConfigError(f"configuration file {config_path} is invalid: {problems}") from exc
-    return _resolve(settings, config_path)
+    return _resolve(settings)
 
 
-def _resolve(settings: Settings, config_path: Path) -> Settings:
+def _resolve(settings: Settings) -> Settings:
     """Apply environment overrides and make relative paths absolute against the project root."""
-    home = Path(os.environ.get(HOME_ENV) or config_path.resolve().parents[2])
+    home = project_root()
     state_url = os.environ.get(STATE_URL_ENV) or settings.state.url
     state_url = _absolute_sqlite_url(state_url, home)
     run_dir = home / Path(os.environ.get(RUN_DIR_ENV) or settings.output.run_dir)

@@ -11,7 +11,11 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError
+
+from handoff.errors import ConfigError
+
+PARTS = ("subject.txt.j2", "body.txt.j2", "body.html.j2")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,22 @@ class EmailRenderer:
             keep_trailing_newline=True,
         )
         self.env.filters["longdate"] = long_date
+
+    def check(self, template: str) -> None:
+        """Load and compile a step's three templates: a missing or broken one is a config error."""
+        if not self.templates_dir.is_dir():
+            raise ConfigError(
+                f"the email templates folder {self.templates_dir} does not exist (setting "
+                "[output].templates_dir, relative to the project root)"
+            )
+        for part in PARTS:
+            try:
+                self.env.get_template(f"{template}/{part}")
+            except TemplateError as exc:
+                raise ConfigError(
+                    f"the email template {self.templates_dir / template / part} cannot be "
+                    f"used: {type(exc).__name__}: {exc}"
+                ) from exc
 
     def render(self, template: str, context: dict[str, Any]) -> RenderedEmail:
         values = {**self.common, **context}

@@ -1,57 +1,43 @@
 """Building client emails (MIME) and handing them to an SMTP connection.
 
 The transport is injected: the Airflow plugin opens one SMTP connection per batch from the
-``smtp_default`` connection; tests and the CLI can pass any ``smtplib.SMTP``.
+``smtp_default`` connection; tests and the CLI open one with :func:`smtp_transport`.
+
+Every failure of a send is classified by what it proves:
+
+- refused or deferred before the message content was handed over (MAIL, RCPT, the ``DATA``
+  command's own answer, a connection that failed earlier): nothing was sent, so a 4xx or a
+  lost connection is retried as is (:class:`TransientMailError`) and a 5xx is final
+  (:class:`PermanentMailError`);
+- anything that breaks after the content was handed over without the server's final answer (a
+  dropped connection, a timeout) is an *unknown outcome* (:class:`MailOutcomeUnknown`): the
+  server may have queued the message, so it is never sent again automatically.
 """
 
 from __future__ import annotations
 
 import hashlib
 import smtplib
-from collections.abc import Iterator
-from contextlib import contextmanager
+import ssl
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
+from email.generator import BytesGenerator
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 from html import escape
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
 from handoff.emails import RenderedEmail
+from handoff.errors import ConfigError
 
 HEADER_POLICY = policy.default.clone(max_line_length=998)
-
-
-class MailTransport(Protocol):
-    def send(self, message: EmailMessage) -> dict[str, tuple[int, bytes]]:
-        """Send one message; return the recipients the server refused (others got it)."""
-
-
-class SmtplibTransport:
-    """Adapts a connected ``smtplib.SMTP`` client."""
-
-    def __init__(self, client: smtplib.SMTP) -> None:
-        self.client = client
-
-    def send(self, message: EmailMessage) -> dict[str, tuple[int, bytes]]:
-        return self.client.send_message(message)
-
-
-@contextmanager
-def smtp_transport(host: str, port: int, *, timeout: float = 30) -> Iterator[SmtplibTransport]:
-    """One plain SMTP connection for a batch, without Airflow (local relays, the sink)."""
-    client = smtplib.SMTP(host, port, timeout=timeout)
-    try:
-        yield SmtplibTransport(client)
-    finally:
-        try:
-            client.quit()
-        except (smtplib.SMTPException, OSError):
-            client.close()
 
 
 class TransientMailError(RuntimeError):
@@ -62,8 +48,152 @@ class PermanentMailError(RuntimeError):
     """The server refused this message for good (5xx); retrying will not help."""
 
 
+class MailOutcomeUnknown(RuntimeError):
+    """The content was handed to the server and no final answer came: it may be delivered."""
+
+
+class LostClaim(RuntimeError):
+    """The outbox row was taken over by another worker before DATA: this one must not send."""
+
+
+class MailTransport(Protocol):
+    def send(
+        self,
+        message: EmailMessage,
+        *,
+        sender: str,
+        recipients: Sequence[str],
+        before_data: Callable[[], bool],
+    ) -> dict[str, tuple[int, bytes]]:
+        """Send one message; return the recipients the server refused (others got it).
+
+        ``before_data`` runs once the server has accepted the envelope, right before the
+        content is handed over; when it returns False the message is not sent
+        (:class:`LostClaim`). Failures are raised as the classes above.
+        """
+
+
+class SmtplibTransport:
+    """Sends over a connected ``smtplib.SMTP``, phase by phase so failures can be classified.
+
+    ``smtplib.SMTP.sendmail`` raises the same exception for a connection lost before the
+    envelope and after the content; the steps below (its public pieces: MAIL, RCPT, DATA) tell
+    them apart.
+    """
+
+    def __init__(self, client: smtplib.SMTP) -> None:
+        self.client = client
+
+    def send(
+        self,
+        message: EmailMessage,
+        *,
+        sender: str,
+        recipients: Sequence[str],
+        before_data: Callable[[], bool],
+    ) -> dict[str, tuple[int, bytes]]:
+        client = self.client
+        try:
+            content, options = self._envelope(message, sender, recipients)
+            code, answer = client.mail(sender, options)
+            if code != 250:
+                self._reset()
+                raise smtplib.SMTPSenderRefused(code, answer, sender)
+            refused: dict[str, tuple[int, bytes]] = {}
+            for recipient in recipients:
+                code, answer = client.rcpt(recipient)
+                if code not in (250, 251):
+                    refused[recipient] = (code, answer)
+            if len(refused) == len(recipients):
+                self._reset()
+                raise smtplib.SMTPRecipientsRefused(refused)
+        except (smtplib.SMTPException, OSError) as exc:
+            raise classify(exc) from exc
+        if not before_data():
+            self._reset()
+            raise LostClaim("the outbox row was taken over by another worker")
+        try:
+            code, answer = client.data(content)
+        except smtplib.SMTPDataError as exc:  # a real answer: the server did not take it
+            raise classify(exc) from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            raise MailOutcomeUnknown(
+                f"the connection failed after the message was handed over "
+                f"({type(exc).__name__}: {exc}); the server may have accepted it"
+            ) from exc
+        if code != 250:
+            self._reset()
+            raise classify(smtplib.SMTPDataError(code, answer))
+        return refused
+
+    def _envelope(
+        self, message: EmailMessage, sender: str, recipients: Sequence[str]
+    ) -> tuple[bytes, list[str]]:
+        """The wire form and MAIL options: SMTPUTF8 only when an address needs it."""
+        self.client.ehlo_or_helo_if_needed()
+        international = not all(a.isascii() for a in (sender, *recipients))
+        if international and not self.client.has_extn("smtputf8"):
+            raise PermanentMailError(
+                "an address is not ASCII and the SMTP server does not offer SMTPUTF8"
+            )
+        buffer = BytesIO()
+        generator_policy = message.policy.clone(linesep="\r\n", utf8=international)
+        BytesGenerator(buffer, policy=generator_policy).flatten(message)
+        options = ["SMTPUTF8", "BODY=8BITMIME"] if international else []
+        return buffer.getvalue(), options
+
+    def _reset(self) -> None:
+        with suppress(smtplib.SMTPException, OSError):
+            self.client.rset()
+
+
+@contextmanager
+def smtp_transport(
+    host: str,
+    port: int,
+    *,
+    timeout: float = 30,
+    use_ssl: bool = False,
+    starttls: bool = False,
+    user: str | None = None,
+    password: str | None = None,
+    verify_certificate: bool = True,
+) -> Iterator[SmtplibTransport]:
+    """One SMTP connection for a batch, logged in when credentials are given."""
+    context = ssl.create_default_context()
+    if not verify_certificate:  # a lab relay with a self-signed certificate, by explicit choice
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    try:
+        if use_ssl:
+            client: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
+        else:
+            client = smtplib.SMTP(host, port, timeout=timeout)
+            if starttls:
+                client.starttls(context=context)
+                client.ehlo()
+        if user and password:
+            client.login(user, password)
+    except smtplib.SMTPAuthenticationError as exc:
+        raise ConfigError(
+            f"the SMTP server {host}:{port} refused the login of the SMTP connection: "
+            f"{exc.smtp_code} {exc.smtp_error!r}"
+        ) from exc
+    except (smtplib.SMTPException, OSError) as exc:
+        raise classify(exc) from exc
+    try:
+        yield SmtplibTransport(client)
+    finally:
+        try:
+            client.quit()
+        except (smtplib.SMTPException, OSError):
+            client.close()
+
+
 def classify(exc: Exception) -> Exception:
-    """Map smtplib/socket errors to transient (retry the task) or permanent (record, move on)."""
+    """Map smtplib/socket errors raised before the content went out to transient or permanent."""
+    if isinstance(exc, TransientMailError | PermanentMailError | MailOutcomeUnknown | ConfigError):
+        return exc
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         codes = [code for code, _ in exc.recipients.values()]
         detail = "; ".join(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
@@ -16,22 +17,35 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from jinja2 import TemplateError
 from more_itertools import chunked
 
 from handoff.config import Settings
-from handoff.crm.base import CrmClient
+from handoff.crm.base import CrmClient, CrmUnavailable, WriteOutcomeUnknown
 from handoff.emails import EmailRenderer
+from handoff.errors import ConfigError, StoreMismatchError
 from handoff.mail import (
+    LostClaim,
+    MailOutcomeUnknown,
     MailTransport,
     PermanentMailError,
+    TransientMailError,
     Unsubscribe,
     build_message,
     classify,
     message_id,
     write_copy,
 )
-from handoff.models import ActionKind, ActionStatus, Contact, Deal, DealIssue, Person
-from handoff.planning import plan_deal, task_from_payload
+from handoff.models import (
+    ActionKind,
+    ActionStatus,
+    Contact,
+    Deal,
+    DealIssue,
+    Person,
+    WriteResult,
+)
+from handoff.planning import EMAIL_TEMPLATES, plan_deal, task_from_payload
 from handoff.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -149,15 +163,21 @@ def _deal_row(crm: CrmClient, record: dict[str, Any], contact: Contact | None) -
 
 
 def detect_new_wins(
-    store: StateStore, settings: Settings, source: str, run: RunContext
+    store: StateStore, settings: Settings, crm: CrmClient, run: RunContext
 ) -> dict[str, int]:
     """Deals that became Closed Won inside the look-back window and were never onboarded.
 
     Deals that left Closed Won (re-opened, lost, deleted) stop: their pending steps are
-    cancelled. Wins older than the window are counted, never mailed.
+    cancelled. Wins older than the window (or than the store's declared start) are counted,
+    never mailed. A store that has never planned anything first checks that the CRM holds none
+    of our tasks for these deals: if it does, this store is not the one that onboarded them.
     """
-    window_start = run.window_end - timedelta(days=settings.detection.lookback_days)
+    source = crm.source
+    window_start = onboarding_window_start(store, settings, run.window_end)
     stopped = store.stop_onboarding_of_lost_deals(source, run.run_id)
+    calls_before = crm.api_calls
+    if store.is_fresh():
+        _refuse_a_store_that_missed_our_history(store, crm, window_start, run.window_end)
     store.start_onboarding(source, window_start, run.window_end, run.run_id)
     detected = store.onboarding_rows(source=source, detected_run=run.run_id)
     older = store.count_won_before(source, window_start)
@@ -168,7 +188,60 @@ def detect_new_wins(
         older,
         window_start,
     )
-    return {"new_deals": len(detected), "stopped_deals": len(stopped), "older_wins": older}
+    return {
+        "new_deals": len(detected),
+        "stopped_deals": len(stopped),
+        "older_wins": older,
+        "api_calls": crm.api_calls - calls_before,
+    }
+
+
+START_MARK = "onboard_won_after"
+
+
+def onboarding_window_start(
+    store: StateStore, settings: Settings, window_end: datetime
+) -> datetime:
+    """The earliest win a run may onboard: the look-back window, or the store's declared start."""
+    start = window_end - timedelta(days=settings.detection.lookback_days)
+    declared = store.get_meta(START_MARK)
+    return max(start, datetime.fromisoformat(declared)) if declared else start
+
+
+def _refuse_a_store_that_missed_our_history(
+    store: StateStore, crm: CrmClient, window_start: datetime, window_end: datetime
+) -> None:
+    candidates = store.onboarding_candidates(crm.source, window_start, window_end)
+    if not candidates:
+        return
+    found = crm.find_tasks(candidates)
+    if not found:
+        return
+    key, task_id = next(iter(sorted(found.items())))
+    raise StoreMismatchError(
+        f"the state store {store.location} has never planned anything, but the CRM already "
+        f"holds {len(found)} tasks written by Handoff Autopilot for deals this run would "
+        f"onboard (for example task {task_id}, key {key}). This store is not the one that "
+        "onboarded them (a moved configuration file or a changed HANDOFF_STATE_URL?), and "
+        "using it would mail and task those clients again, so nothing was recorded or sent. "
+        "Point [state].url or HANDOFF_STATE_URL back at the store used before; or, if this "
+        "store is meant to take over from now on, run `handoff init`: wins before that moment "
+        "are then left to the earlier installation."
+    )
+
+
+def declare_fresh_start(store: StateStore, at: datetime) -> str | None:
+    """``handoff init``: migrate; a store without history starts the CRM's history at ``at``.
+
+    Returns the declared start (wins before it are not this store's), or None for a store that
+    already holds history and needs no declaration.
+    """
+    store.migrate()
+    existing = store.get_meta(START_MARK)
+    if existing or not store.is_fresh():
+        return existing
+    store.set_meta(START_MARK, at.isoformat())
+    return at.isoformat()
 
 
 # -- plan --------------------------------------------------------------------------------------
@@ -207,37 +280,11 @@ def plan_actions(
 
 # -- send emails -------------------------------------------------------------------------------
 
+EMAIL_CLAIM = 20  # rows claimed at a time: a crash leaves few rows waiting on a lease
 
-def send_emails(
-    store: StateStore,
-    settings: Settings,
-    open_transport: Callable[[], AbstractContextManager[MailTransport]],
-    run: RunContext,
-    *,
-    sent_at: datetime | None = None,
-) -> dict[str, int]:
-    """Send every pending email once, over one SMTP connection.
 
-    Each message is recorded right after the server accepts it. A transient failure puts the
-    unsent messages back to pending and raises, so the task's retry continues where it stopped.
-    A message left in flight by a crashed attempt may have gone out: it is marked
-    ``unconfirmed``, never re-sent.
-    """
-    claimed, orphaned = store.claim(ActionKind.EMAIL, run.worker)
-    for row in orphaned:
-        reason = (
-            f"{deal_label(row)}: the attempt sending {row['step']} stopped before recording "
-            "the result, so it may have been delivered and is not re-sent; look for Message-ID "
-            f"{message_id(row['dedupe_key'], row['payload']['from']['email'])} in the SMTP "
-            "server's log and send it by hand if it is absent"
-        )
-        log.warning("%s", reason)
-        store.finish(
-            row["dedupe_key"], run.worker, ActionStatus.UNCONFIRMED, run.run_id, reason=reason
-        )
-    counts = {"emails_sent": 0, "emails_failed": 0, "emails_unconfirmed": len(orphaned)}
-    if not claimed:
-        return counts
+def check_templates(settings: Settings) -> EmailRenderer:
+    """The renderer, once every template the planner uses loads: a config error otherwise."""
     renderer = EmailRenderer(
         settings.output.templates_dir,
         common={
@@ -245,62 +292,127 @@ def send_emails(
             "unsubscribe_mailto": str(settings.unsubscribe.mailto),
         },
     )
+    for template in EMAIL_TEMPLATES:
+        renderer.check(template)
+    return renderer
+
+
+def send_emails(
+    store: StateStore,
+    settings: Settings,
+    open_transport: Callable[[], AbstractContextManager[MailTransport]],
+    run: RunContext,
+    *,
+    source: str,
+) -> dict[str, int]:
+    """Send every pending email of ``source`` once, over one SMTP connection.
+
+    Before anything is claimed the templates must load and the connection must open, so a
+    configuration error never touches a row. Rows are claimed a few at a time and each is marked
+    attempted right before its content goes to the server: a row an earlier attempt left in
+    flight is sent if it was never attempted, and held as ``unconfirmed`` (never re-sent) if it
+    was. A temporary failure puts the unsent rows back and raises, so the retry continues.
+    """
+    counts = {"emails_sent": 0, "emails_failed": 0, "emails_unconfirmed": 0}
+    renderer = check_templates(settings)
+    lease = timedelta(seconds=settings.dispatch.lease_seconds)
+    for row in store.take_over_stale(source, ActionKind.EMAIL, run.worker, lease):
+        reason = (
+            f"{deal_label(row)}: {row['step']}: the attempt that was sending it stopped after "
+            "handing the message to the SMTP server and before recording its answer"
+        )
+        _hold_unconfirmed(store, run, row, reason)
+        counts["emails_unconfirmed"] += 1
+    if not store.has_pending(source, ActionKind.EMAIL):
+        return counts
     unsubscribe = Unsubscribe(str(settings.unsubscribe.mailto), settings.unsubscribe.url)
     folder = run.run_folder(settings) / "emails"
-    sent_at = sent_at or datetime.now(UTC)
-
-    def fail(row: dict[str, Any], reason: str, external_id: str | None = None) -> None:
-        store.finish(
-            row["dedupe_key"],
-            run.worker,
-            ActionStatus.FAILED,
-            run.run_id,
-            external_id=external_id,
-            reason=reason,
-        )
-        counts["emails_failed"] += 1
-        log.error("%s", reason)
-
     with ExitStack() as stack:
         try:
             transport = stack.enter_context(open_transport())
-        except Exception as exc:
-            _release(store, claimed, run)
+        except Exception as exc:  # nothing is claimed yet: the retry starts afresh
             raise classify(exc) from exc
-        for index, row in enumerate(claimed):
-            key, payload = row["dedupe_key"], row["payload"]
-            try:
-                rendered = renderer.render(payload["template"], payload["context"])
-                message = build_message(
-                    payload, rendered, dedupe_key=key, unsubscribe=unsubscribe, sent_at=sent_at
-                )
-            except Exception as exc:  # a template or data defect: record it, go on
-                fail(row, f"{deal_label(row)}: {row['step']} could not be rendered: {exc}")
-                continue
-            try:
-                refused = transport.send(message)
-            except Exception as exc:
-                error = classify(exc)
-                if isinstance(error, PermanentMailError):
-                    fail(
-                        row,
-                        f"{deal_label(row)}: the SMTP server refused {row['step']}: {error}",
-                        message["Message-ID"],
-                    )
-                    continue
-                _release(store, claimed[index:], run)
-                raise error from exc
-            # The server accepted the message: this row is never released again.
-            try:
-                _record_sent(store, run, row, message, refused, counts)
-            except Exception:
-                _release(store, claimed[index + 1 :], run)
-                raise
-            try:
-                write_copy(message, folder, f"{safe_name(row['deal_id'])}-{row['step']}")
-            except OSError as exc:
-                log.warning("Could not keep a copy of %s: %s", message["Message-ID"], exc)
+        while batch := store.claim(source, ActionKind.EMAIL, run.worker, limit=EMAIL_CLAIM):
+            for index, row in enumerate(batch):
+                try:
+                    _send_one(store, run, renderer, transport, unsubscribe, folder, row, counts)
+                except BaseException as exc:
+                    why = f"{type(exc).__name__}: {exc}"
+                    store.release([r["dedupe_key"] for r in batch[index:]], run.worker, why)
+                    raise
     return counts
+
+
+def _send_one(store, run, renderer, transport, unsubscribe, folder, row, counts) -> None:
+    key, payload = row["dedupe_key"], row["payload"]
+    try:
+        rendered = renderer.render(payload["template"], payload["context"])
+    except TemplateError as exc:  # the templates, not the deal: stop the run, fail nothing
+        raise ConfigError(f"the email template {payload['template']!r} failed: {exc}") from exc
+    try:
+        message = build_message(
+            payload, rendered, dedupe_key=key, unsubscribe=unsubscribe, sent_at=datetime.now(UTC)
+        )
+    except Exception as exc:  # a data defect of this one deal: record it, go on
+        _fail_email(store, run, row, f"{deal_label(row)}: {row['step']} could not be built: {exc}")
+        counts["emails_failed"] += 1
+        return
+    recipients = [payload["to"]["email"], *(person["email"] for person in payload.get("cc", []))]
+    try:
+        refused = transport.send(
+            message,
+            sender=payload["from"]["email"],
+            recipients=recipients,
+            before_data=lambda: key in store.mark_attempted([key], run.worker),
+        )
+    except LostClaim:
+        log.warning("%s was taken over by another worker; not sent here", key)
+        return
+    except PermanentMailError as exc:
+        reason = f"{deal_label(row)}: the SMTP server refused {row['step']}: {exc}"
+        _fail_email(store, run, row, reason, message["Message-ID"])
+        counts["emails_failed"] += 1
+        return
+    except MailOutcomeUnknown as exc:
+        _hold_unconfirmed(store, run, row, f"{deal_label(row)}: {row['step']}: {exc}")
+        counts["emails_unconfirmed"] += 1
+        # The connection is gone: the rest of the batch goes back and the retry goes on.
+        raise TransientMailError(f"the SMTP connection dropped while sending {key}") from exc
+    # The server accepted the message: this row is never released again.
+    _record_sent(store, run, row, message, refused, counts)
+    try:
+        write_copy(message, folder, f"{safe_name(row['deal_id'])}-{row['step']}")
+    except OSError as exc:
+        log.warning("Could not keep a copy of %s: %s", message["Message-ID"], exc)
+
+
+def _hold_unconfirmed(store: StateStore, run: RunContext, row: dict[str, Any], what: str) -> None:
+    mid = message_id(row["dedupe_key"], row["payload"]["from"]["email"])
+    reason = (
+        f"{what}; it may have been delivered, so it is not sent again. Look for Message-ID "
+        f"{mid} in the SMTP server's log and send it by hand only if it is absent"
+    )
+    log.warning("%s", reason)
+    store.finish(
+        row["dedupe_key"],
+        run.worker,
+        ActionStatus.UNCONFIRMED,
+        run.run_id,
+        external_id=mid,
+        reason=reason,
+    )
+
+
+def _fail_email(store, run, row, reason: str, external_id: str | None = None) -> None:
+    log.error("%s", reason)
+    store.finish(
+        row["dedupe_key"],
+        run.worker,
+        ActionStatus.FAILED,
+        run.run_id,
+        external_id=external_id,
+        reason=reason,
+    )
 
 
 def _record_sent(store, run, row, message, refused, counts) -> None:
@@ -329,79 +441,151 @@ def deal_label(row: dict[str, Any]) -> str:
     return row["payload"].get("deal_label") or f"deal {row['deal_id']}"
 
 
-def _release(store: StateStore, rows: list[dict[str, Any]], run: RunContext) -> None:
-    if rows:
-        store.finish_many(
-            [{"dedupe_key": r["dedupe_key"], "status": ActionStatus.PENDING} for r in rows],
-            run.worker,
-            run.run_id,
-        )
-
-
 # -- write tasks -------------------------------------------------------------------------------
 
+SETTLE_ROUNDS = 3  # lookups (and re-writes of what is missing) before leaving it to the retry
 
-def write_tasks(crm: CrmClient, store: StateStore, run: RunContext) -> dict[str, int]:
-    """Create every pending CRM task once, in batches of 200.
 
-    Before writing, tasks left in flight by an attempt that died are looked up in the CRM by
-    their dedupe key; found ones are recorded, the rest are written now. A batch that fails as a
-    whole stays in flight and the error propagates: the retry reconciles it the same way.
+def write_tasks(
+    crm: CrmClient, store: StateStore, settings: Settings, run: RunContext
+) -> dict[str, int]:
+    """Create every pending CRM task of this CRM once, one batch call at a time.
+
+    Each batch is marked attempted before it is sent. A batch the CRM provably did not do (429,
+    no connection) goes back to pending and the error propagates for the retry. A batch whose
+    answer was lost (5xx, dropped, timed out), and any attempted batch an earlier attempt left
+    in flight, is *settled*: its tasks are looked up by dedupe key, the found ones recorded, and
+    only the missing ones written again.
     """
     calls_before = crm.api_calls
-    claimed, orphaned = store.claim(ActionKind.TASK, run.worker)
     counts = {"tasks_created": 0, "tasks_failed": 0, "tasks_reconciled": 0}
-    if orphaned:
-        found = crm.find_tasks([task_from_payload(r["payload"]) for r in orphaned])
-        store.finish_many(
-            [
-                {
-                    "dedupe_key": key,
-                    "status": ActionStatus.DONE,
-                    "external_id": task_id,
-                    "reason": "found in the CRM after an interrupted attempt",
-                }
-                for key, task_id in found.items()
-            ],
-            run.worker,
-            run.run_id,
-        )
-        counts["tasks_reconciled"] = len(found)
-        claimed = [r for r in orphaned if r["dedupe_key"] not in found] + claimed
-    batches = [list(batch) for batch in chunked(claimed, TASK_BATCH)]
-    for index, batch in enumerate(batches):
+    if store.has_pending(crm.source, ActionKind.TASK):
+        crm.check_task_setup()  # a configuration error stops the run before any claim
+        dispatch = _TaskDispatch(crm, store, settings, run, counts)
+        lease = timedelta(seconds=settings.dispatch.lease_seconds)
+        orphans = store.take_over_stale(crm.source, ActionKind.TASK, run.worker, lease)
+        for batch in chunked(orphans, crm.write_batch_size):
+            cause = "an earlier attempt stopped after sending them, before recording the answer"
+            dispatch.settle(list(batch), cause)
+        limit = crm.write_batch_size
+        while batch := store.claim(crm.source, ActionKind.TASK, run.worker, limit=limit):
+            held = store.mark_attempted([r["dedupe_key"] for r in batch], run.worker)
+            dispatch.write([r for r in batch if r["dedupe_key"] in held])
+    counts["api_calls"] = crm.api_calls - calls_before
+    return counts
+
+
+class _TaskDispatch:
+    """One run's task writes: write a batch, settle what has an unknown outcome, record all."""
+
+    def __init__(self, crm, store, settings, run, counts) -> None:
+        self.crm, self.store, self.run, self.counts = crm, store, run, counts
+        self.delay = settings.dispatch.reconcile_delay_seconds
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
         try:
-            results = crm.create_tasks([task_from_payload(r["payload"]) for r in batch])
-        except Exception:
-            # This batch's outcome is unknown (left in flight for reconciliation); later
-            # batches were never sent.
-            _release(store, [r for later in batches[index + 1 :] for r in later], run)
+            results = self.crm.create_tasks([task_from_payload(r["payload"]) for r in rows])
+        except CrmUnavailable as exc:
+            self.store.release([r["dedupe_key"] for r in rows], self.run.worker, reason=str(exc))
             raise
+        except WriteOutcomeUnknown as exc:
+            log.warning("%s tasks have an unknown outcome (%s); looking them up", len(rows), exc)
+            self.settle(rows, str(exc))
+            return
+        self._record(rows, results)
+
+    def settle(self, rows: list[dict[str, Any]], cause: str) -> None:
+        """Look the rows up by dedupe key; record the found, write only the missing."""
+        for _ in range(SETTLE_ROUNDS):
+            if self.delay:
+                time.sleep(self.delay)
+            found = self.crm.find_tasks(sorted({r["deal_id"] for r in rows}))
+            present = [r for r in rows if r["dedupe_key"] in found]
+            self.store.finish_many(
+                [
+                    {
+                        "dedupe_key": r["dedupe_key"],
+                        "status": ActionStatus.DONE,
+                        "external_id": found[r["dedupe_key"]],
+                        "reason": f"found in the CRM by its key after: {cause}",
+                    }
+                    for r in present
+                ],
+                self.run.worker,
+                self.run.run_id,
+            )
+            self.counts["tasks_reconciled"] += len(present)
+            rows = [r for r in rows if r["dedupe_key"] not in found]
+            if not rows:
+                return
+            try:
+                results = self.crm.create_tasks([task_from_payload(r["payload"]) for r in rows])
+            except CrmUnavailable as exc:
+                keys = [r["dedupe_key"] for r in rows]
+                self.store.release(keys, self.run.worker, reason=str(exc))
+                raise
+            except WriteOutcomeUnknown as exc:
+                cause = str(exc)
+                continue
+            self._record(rows, results)
+            return
+        raise CrmUnavailable(
+            f"{len(rows)} task writes still have no answer after {SETTLE_ROUNDS} lookups "
+            f"({cause}); they stay in flight and the next attempt looks them up again"
+        )
+
+    def _record(self, rows: list[dict[str, Any]], results: list[WriteResult]) -> None:
         outcomes = []
-        for row, result in zip(batch, results, strict=True):
+        for row, result in zip(rows, results, strict=True):
             if result.ok:
-                counts["tasks_created"] += 1
+                self.counts["tasks_created"] += 1
                 outcomes.append(
                     {
-                        "dedupe_key": result.dedupe_key,
+                        "dedupe_key": row["dedupe_key"],
                         "status": ActionStatus.DONE,
                         "external_id": result.external_id,
                     }
                 )
-            else:
-                counts["tasks_failed"] += 1
-                reason = f"{deal_label(row)}: {row['step']}: the CRM refused it: {result.error}"
-                log.error("%s", reason)
-                outcomes.append(
-                    {
-                        "dedupe_key": result.dedupe_key,
-                        "status": ActionStatus.FAILED,
-                        "reason": reason,
-                    }
-                )
-        store.finish_many(outcomes, run.worker, run.run_id)
-    counts["api_calls"] = crm.api_calls - calls_before
-    return counts
+                continue
+            self.counts["tasks_failed"] += 1
+            reason = f"{deal_label(row)}: {row['step']}: the CRM refused it: {result.error}"
+            log.error("%s", reason)
+            outcomes.append(
+                {"dedupe_key": row["dedupe_key"], "status": ActionStatus.FAILED, "reason": reason}
+            )
+        self.store.finish_many(outcomes, self.run.worker, self.run.run_id)
+
+
+# -- the steps in order, without Airflow ---------------------------------------------------------
+
+
+def steps_in_order(
+    crm: CrmClient,
+    store: StateStore,
+    settings: Settings,
+    open_transport: Callable[[], AbstractContextManager[MailTransport]],
+    run_id: str,
+    window_end: datetime,
+) -> dict[str, Callable[[], dict[str, Any]]]:
+    """The DAG's steps, in its order, as plain calls (the benchmark and crash tests run them).
+
+    Each worker id is ``<run>/<step>``, as the DAG's is ``<dag>/<run>/<task>``.
+    """
+
+    def run(step: str) -> RunContext:
+        return RunContext(run_id=run_id, window_end=window_end, worker=f"{run_id}/{step}")
+
+    return {
+        "extract": lambda: extract_changes(crm, store, settings, window_end),
+        "detect": lambda: detect_new_wins(store, settings, crm, run("detect")),
+        "plan": lambda: plan_actions(store, settings, crm.source, run("plan")),
+        "send_emails": lambda: send_emails(
+            store, settings, open_transport, run("send_emails"), source=crm.source
+        ),
+        "write_tasks": lambda: write_tasks(crm, store, settings, run("write_tasks")),
+    }
 
 
 # -- summarise ---------------------------------------------------------------------------------
@@ -410,12 +594,17 @@ def write_tasks(crm: CrmClient, store: StateStore, run: RunContext) -> dict[str,
 def summarise(
     store: StateStore, settings: Settings, source: str, run: RunContext, api_calls: int
 ) -> dict[str, Any]:
-    """What this run did, from the store (so a re-run reports only its own effects)."""
+    """What this run did, from the store (so a re-run reports only its own effects).
+
+    Written for failed runs too: the steps that failed say why, and every email or task still
+    waiting says what it waits for and when it will be tried again.
+    """
     detected = store.onboarding_rows(source=source, detected_run=run.run_id)
     records = store.deal_records(source, [row["deal_id"] for row in detected])
     finished = store.actions(finished_run=run.run_id)
     folder = run.run_folder(settings)
     emails_dir = folder / "emails"
+    lease = timedelta(seconds=settings.dispatch.lease_seconds)
 
     def describe(row: dict[str, Any]) -> dict[str, Any]:
         item = {"deal_id": row["deal_id"], "step": row["step"], "status": row["status"]}
@@ -431,21 +620,23 @@ def summarise(
     def of(kind: ActionKind, status: ActionStatus) -> list[dict[str, Any]]:
         return [describe(r) for r in finished if r["kind"] == kind and r["status"] == status]
 
-    problems = [
-        describe(r)
-        for r in finished
-        if r["status"]
-        in (
-            ActionStatus.SKIPPED,
-            ActionStatus.FAILED,
-            ActionStatus.UNCONFIRMED,
-            ActionStatus.CANCELLED,
-        )
+    problem_states = (
+        ActionStatus.SKIPPED,
+        ActionStatus.FAILED,
+        ActionStatus.UNCONFIRMED,
+        ActionStatus.CANCELLED,
+    )
+    failed_steps = [
+        {"step": s["step"], "message": s["message"]}
+        for s in store.steps(run.run_id)
+        if s["status"] == "failed"
     ]
     summary = {
         "run_id": run.run_id,
         "source": source,
         "window_end": run.window_end.isoformat(),
+        "state_store": store.location,
+        "failed_steps": failed_steps,
         "new_deals": [
             {
                 "deal_id": row["deal_id"],
@@ -457,7 +648,8 @@ def summarise(
         ],
         "emails": of(ActionKind.EMAIL, ActionStatus.DONE),
         "tasks": of(ActionKind.TASK, ActionStatus.DONE),
-        "problems": problems,
+        "problems": [describe(r) for r in finished if r["status"] in problem_states],
+        "waiting": [_waiting(row, lease) for row in store.unfinished(source)],
         "issues": [
             {"deal_id": i["deal_id"], "field": i["field"], "reason": i["reason"]}
             for i in store.issues(run_id=run.run_id)
@@ -466,6 +658,7 @@ def summarise(
         "tasks_created": len(of(ActionKind.TASK, ActionStatus.DONE)),
         "skipped": sum(1 for r in finished if r["status"] == ActionStatus.SKIPPED),
         "failed": sum(1 for r in finished if r["status"] == ActionStatus.FAILED),
+        "unconfirmed": sum(1 for r in finished if r["status"] == ActionStatus.UNCONFIRMED),
         "api_calls": api_calls,
         "run_folder": str(folder),
     }
@@ -474,17 +667,50 @@ def summarise(
     return summary
 
 
+def _waiting(row: dict[str, Any], lease: timedelta) -> dict[str, Any]:
+    """Why an email or task is still not done, and when it is tried again."""
+    item = {"deal_id": row["deal_id"], "step": row["step"], "status": row["status"]}
+    label = deal_label(row)
+    if row["status"] == ActionStatus.PENDING:
+        why = f" (last try: {row['reason']})" if row["reason"] else ""
+        item["reason"] = f"{label}: {row['step']} is due and goes out on the next run{why}"
+        item["retry_at"] = "next run"
+        return item
+    retry_at = row["claimed_at"] + lease
+    then = (
+        "settled (looked up in the CRM, or held for a person if it is an email)"
+        if row["attempted_at"]
+        else "done (it was never attempted)"
+    )
+    item["reason"] = (
+        f"{label}: {row['step']} is claimed by {row['claimed_by']} since "
+        f"{row['claimed_at']:%Y-%m-%d %H:%M:%S} UTC; if that attempt is no longer running, "
+        f"the first run from {retry_at:%Y-%m-%d %H:%M:%S} UTC takes it over and it is {then}"
+    )
+    item["retry_at"] = retry_at.isoformat()
+    return item
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The readable report the demo and ``handoff run`` print (the JSON line comes after)."""
-    lines = [f"Handoff run {summary['run_id']} ({summary['source']})", ""]
+    lines = [f"Handoff run {summary['run_id']} ({summary['source']})"]
+    lines.append(f"State store: {summary['state_store']}")
+    lines.append("")
+    for failure in summary["failed_steps"]:
+        lines.append(f"FAILED step {failure['step']}: {failure['message']}")
+    if summary["failed_steps"]:
+        lines.append("")
     lines.append(f"New Closed Won deals: {len(summary['new_deals'])}")
     lines += [f"  - {d['name']} [{d['deal_id']}], won {d['won_at']}" for d in summary["new_deals"]]
     lines.append(f"Emails sent: {summary['emails_sent']}")
     lines += [f"  - {e['step']} to {e['to']}  preview: {e['preview']}" for e in summary["emails"]]
     lines.append(f"CRM tasks created: {summary['tasks_created']}")
     lines += [f"  - {t['step']} for {t['deal_id']} -> {t['external_id']}" for t in summary["tasks"]]
-    lines.append(f"Skipped / failed / held: {len(summary['problems'])}")
+    lines.append(f"Skipped / failed / unconfirmed / cancelled: {len(summary['problems'])}")
     lines += [f"  - [{p['status']}] {p['reason']}" for p in summary["problems"]]
+    if summary["waiting"]:
+        lines.append(f"Still to do (waiting): {len(summary['waiting'])}")
+        lines += [f"  - {w['reason']}" for w in summary["waiting"]]
     if summary["issues"]:
         lines.append(f"Data issues: {len(summary['issues'])}")
         lines += [f"  - {i['reason']}" for i in summary["issues"]]
@@ -493,11 +719,13 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def summary_line(summary: dict[str, Any]) -> str:
-    keys = ("emails_sent", "tasks_created", "skipped", "failed", "api_calls")
+    keys = ("emails_sent", "tasks_created", "skipped", "failed", "unconfirmed", "api_calls")
     return json.dumps(
         {
             "run_id": summary["run_id"],
             **{k: summary[k] for k in keys},
+            "waiting": len(summary["waiting"]),
             "new_deals": len(summary["new_deals"]),
+            "failed_steps": [f["step"] for f in summary["failed_steps"]],
         }
     )

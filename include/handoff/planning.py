@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -29,6 +30,7 @@ from handoff.models import (
 WELCOME_EMAIL = "welcome_email"
 FIRST_CS_CONTACT = "first_cs_contact"
 HANDOFF_MEETING = "internal_handoff_meeting"
+EMAIL_TEMPLATES = ("welcome",)  # every template a planned email may name (checked before sending)
 
 HANDOFF_DOC_LABELS = {
     "situation": "Situation (client's words)",
@@ -39,7 +41,9 @@ HANDOFF_DOC_LABELS = {
     "risks": "Red flags and risks",
 }
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+# Line breaks and control characters (header injection), and the bidirectional embedding,
+# override and isolate marks that can make a name or subject read differently than it is.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
 
 
 def plan_deal(deal: Deal, settings: Settings) -> tuple[list[PlannedAction], list[DealIssue]]:
@@ -50,7 +54,18 @@ def plan_deal(deal: Deal, settings: Settings) -> tuple[list[PlannedAction], list
         issues.append(
             _issue(deal, "OwnerId", "missing_owner", "the deal has no owner, so no rep is Cc'd")
         )
-    if deal.amount is None:
+    deal = _active_people(deal, fields, issues)
+    if deal.amount is not None and deal.amount < 0:
+        issues.append(
+            _issue(
+                deal,
+                "Amount",
+                "negative_amount",
+                f"the amount is negative ({deal.amount:,.2f}); it is treated as not set",
+            )
+        )
+        deal = replace(deal, amount=None)
+    elif deal.amount is None:
         issues.append(
             _issue(
                 deal,
@@ -75,7 +90,47 @@ class _FieldNames:
 
     def __init__(self, settings: Settings) -> None:
         self.csm = settings.salesforce.csm_field
+        self.csm_email = settings.salesforce.csm_field.removesuffix("__c") + "__r.Email"
         self.doc = settings.salesforce.handoff_fields.model_dump()
+
+
+def _active_people(deal: Deal, fields: _FieldNames, issues: list[DealIssue]) -> Deal:
+    """The deal as clients and tasks may see it: inactive users count as missing, and users
+    whose address is unusable are kept as task owners but never written to or introduced."""
+    people: dict[str, Person | None] = {}
+    for role, person, field, email_field in (
+        ("owner", deal.owner, "OwnerId", "Owner.Email"),
+        ("csm", deal.csm, fields.csm, fields.csm_email),
+    ):
+        if person is not None and not person.is_active:
+            what = "rep" if role == "owner" else "CSM"
+            issues.append(
+                _issue(
+                    deal,
+                    field,
+                    f"inactive_{role}",
+                    f"the {what} {_clean(person.name)} ({person.id}) is an inactive user: "
+                    f"treated as no {what} (not introduced to the client, owns no task)",
+                )
+            )
+            person = None
+        if person is not None and person.email:
+            try:
+                address = validate_email(person.email, check_deliverability=False).normalized
+            except EmailNotValidError as exc:
+                issues.append(
+                    _issue(
+                        deal,
+                        email_field,
+                        "invalid_email",
+                        f"{_clean(person.name)} has an unusable address {person.email!r} ({exc}); "
+                        "they are not copied on client email",
+                    )
+                )
+                address = None
+            person = replace(person, email=address)
+        people[role] = person
+    return replace(deal, owner=people["owner"], csm=people["csm"])
 
 
 def _issue(deal: Deal, field: str, code: str, what: str) -> DealIssue:
@@ -135,11 +190,9 @@ def _welcome_email(deal: Deal, settings: Settings, issues: list[DealIssue]) -> P
     account = _display_text(deal, "Account.Name", deal.account_name, issues)
     won_day = _won_at(deal).date()
     sender = settings.sender
-    cc = [
-        _mailbox(person)
-        for person in (deal.owner, deal.csm)
-        if person is not None and person.email and person.is_active
-    ]
+    # Only active people with a usable address are copied, and only they are named as copied.
+    copied = {role: p for role, p in (("rep", deal.owner), ("csm", deal.csm)) if p and p.email}
+    cc = [_mailbox(person) for person in copied.values()]
     # Only client-safe fields go into the email context; the handoff document never does.
     context = {
         "contact_first_name": first_name or contact_name or "there",
@@ -147,9 +200,9 @@ def _welcome_email(deal: Deal, settings: Settings, issues: list[DealIssue]) -> P
         "sender_name": sender.name,
         "sender_title": sender.title,
         "company": sender.company,
-        "csm_name": deal.csm.name if deal.csm else None,
+        "csm_name": _clean(deal.csm.name) if deal.csm else None,
         "csm_email": deal.csm.email if deal.csm else None,
-        "rep_name": deal.owner.name if deal.owner else None,
+        "rep_name": _clean(copied["rep"].name) if "rep" in copied else None,
         "timeline": _timeline(won_day, settings),
     }
     payload = {
@@ -181,29 +234,34 @@ def _display_text(deal: Deal, field: str, value: str | None, issues: list[DealIs
     """Names go into headers and greetings: no line breaks or control characters survive."""
     if not value:
         return ""
-    text = unicodedata.normalize("NFC", value)
-    cleaned = " ".join(_CONTROL.sub(" ", text).split())
-    if cleaned != text.strip():
+    cleaned = _clean(value)
+    if _CONTROL.search(value):
         issues.append(
             _issue(
                 deal,
                 field,
                 "control_characters",
-                "contains line breaks or control characters; they were replaced by spaces",
+                "contains line breaks, control characters or bidirectional marks; they were "
+                "replaced by spaces",
             )
         )
     return cleaned
 
 
+def _clean(text: str | None) -> str:
+    """One line of display text: no control or bidirectional marks, single spaces."""
+    return " ".join(_CONTROL.sub(" ", unicodedata.normalize("NFC", text or "")).split())
+
+
 def _mailbox(person: Person) -> dict[str, str]:
-    return {"name": " ".join(_CONTROL.sub(" ", person.name).split()), "email": person.email or ""}
+    return {"name": _clean(person.name), "email": person.email or ""}
 
 
 # -- CRM tasks ---------------------------------------------------------------------------------
 
 
 def _task_owner(deal: Deal, step: str, fields: _FieldNames) -> Person | PlannedAction:
-    """CS tasks belong to the CSM; without one, to the rep; without either, the step skips."""
+    """CS tasks belong to the active CSM; without one, to the active rep; else the step skips."""
     owner = deal.csm if deal.csm is not None else deal.owner
     if owner is not None:
         return owner
@@ -212,7 +270,7 @@ def _task_owner(deal: Deal, step: str, fields: _FieldNames) -> Person | PlannedA
         step,
         ActionKind.TASK,
         fields.csm,
-        f"the deal has neither a CSM nor an owner to own the {step} task",
+        f"the deal has neither an active CSM nor an active owner to own the {step} task",
     )
 
 
@@ -224,7 +282,7 @@ def _first_contact_task(deal: Deal, settings: Settings, fields: _FieldNames) -> 
     won_at = _won_at(deal)
     due = won_at + timedelta(hours=settings.tasks.first_contact_due_hours)
     hours = settings.tasks.first_contact_due_hours
-    note = None if deal.csm else f"No CSM is set on the deal ({fields.csm}); assigned to the rep."
+    note = None if deal.csm else f"No active CSM on the deal ({fields.csm}); assigned to the rep."
     task = CrmTask(
         dedupe_key=dedupe_key(deal.source, deal.deal_id, step),
         deal_id=deal.deal_id,
@@ -236,7 +294,6 @@ def _first_contact_task(deal: Deal, settings: Settings, fields: _FieldNames) -> 
         description=_description(
             deal,
             fields,
-            step,
             f"Reach the client within {hours} hours of the close: by {due:%Y-%m-%d %H:%M} UTC.",
             note,
         ),
@@ -278,7 +335,6 @@ def _handoff_meeting_task(
         description=_description(
             deal,
             fields,
-            step,
             f"Walk through the handoff document with the rep ({rep}) before the kickoff.",
             None,
         ),
@@ -295,12 +351,11 @@ def _won_at(deal: Deal) -> datetime:
 
 
 def _subject(what: str, deal: Deal) -> str:
-    account = " ".join(_CONTROL.sub(" ", deal.account_name or deal.name).split())
-    return f"{what}: {account}"[:255]
+    return f"{what}: {_clean(deal.account_name or deal.name)}"[:255]
 
 
-def _description(deal: Deal, fields: _FieldNames, step: str, ask: str, note: str | None) -> str:
-    """The client's context for the person who acts, ending with the dedupe key line."""
+def _description(deal: Deal, fields: _FieldNames, ask: str, note: str | None) -> str:
+    """The client's context for the person who acts (the connector adds the dedupe key)."""
     contact = deal.primary_contact
     amount = f"{deal.amount:,.2f}" if deal.amount is not None else "(not set)"
     lines = [
@@ -321,7 +376,6 @@ def _description(deal: Deal, fields: _FieldNames, step: str, ask: str, note: str
     for key, label in HANDOFF_DOC_LABELS.items():
         value = (deal.handoff_doc.get(key) or "").strip()
         lines.append(f"- {label}: {value if value else f'MISSING ({fields.doc[key]})'}")
-    lines += ["", f"Handoff key: {dedupe_key(deal.source, deal.deal_id, step)}"]
     return "\n".join(lines)
 
 

@@ -2,13 +2,15 @@
 
 The welcome-mail step has to be exercised end to end without a real relay, including
 the failures a real relay produces (4xx deferrals, dropped connections, unknown
-recipients). The sink also records how many connections it saw, so tests can prove
-that a batch went out over one connection.
+recipients, and the nasty one for exactly-once sending: a message the relay accepted
+whose reply never reached the sender). The sink also records how many connections it
+saw, so tests can prove that a batch went out over one connection.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -16,7 +18,7 @@ import signal
 import sys
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -57,9 +59,66 @@ class ReceivedMail:
 
 @dataclass(frozen=True)
 class _Fault:
+    """Reply to DATA with an error and drop the message (``fail_next``)."""
+
     code: int
     message: str
     disconnect: bool
+
+
+@dataclass(frozen=True)
+class _DropAfterAccept:
+    """Store the message, then cut the connection before replying (``drop_after_accept``)."""
+
+
+class HeldReply:
+    """Handle on a DATA reply that ``SmtpSink.hold_next`` keeps back.
+
+    The message is stored as soon as it arrives, but the ``250`` stays unsent until
+    ``release()``. Meanwhile the sender sits blocked in ``DATA``, which is the window in
+    which a test can kill it (or close its socket) to reproduce "the relay has the mail,
+    the sender never heard so".
+
+    ``arrived`` is set once the held message has been stored (it is in
+    ``sink.messages`` and the maildir). ``finished`` is set once the sink stops holding:
+    after ``release()`` (the sink then answers ``250 OK`` if the connection is still
+    open), when the client disconnected first, or when the sink stopped.
+    """
+
+    def __init__(self) -> None:
+        self.arrived = threading.Event()
+        self.finished = threading.Event()
+        self._released = threading.Event()
+
+    @property
+    def released(self) -> bool:
+        return self._released.is_set()
+
+    def release(self) -> None:
+        """Let the held ``250 OK`` go out; safe to call more than once, from any thread."""
+        self._released.set()
+
+    def wait_arrived(self, timeout: float | None = 5.0) -> bool:
+        """Block until the held message was stored; ``False`` if ``timeout`` passed first."""
+        return self.arrived.wait(timeout)
+
+    def __repr__(self) -> str:
+        if self.finished.is_set():
+            state = "finished"
+        elif self.arrived.is_set():
+            state = "holding"
+        else:
+            state = "waiting"
+        return f"<HeldReply {state}, released={self.released}>"
+
+
+# What the next DATA gets; None lets one message through normally.
+_Action = _Fault | _DropAfterAccept | HeldReply | None
+
+# How often a held DATA checks for release(). Polling on the event loop (rather than
+# blocking a thread on the Event) keeps other connections served while a reply is held,
+# and lets a client disconnect cancel the wait like any other await.
+_HOLD_POLL_SECONDS = 0.005
 
 
 @dataclass
@@ -69,7 +128,10 @@ class _State:
     lock: threading.Condition = field(default_factory=threading.Condition)
     messages: list[ReceivedMail] = field(default_factory=list)
     sessions: int = 0
-    faults: deque[_Fault | None] = field(default_factory=deque)  # None: let one through
+    # One queue for every DATA fault, consumed in order, so mixed faults stay predictable.
+    faults: deque[_Action] = field(default_factory=deque)
+    # Every hold handed out, so stop() can release them all and never hang.
+    holds: list[HeldReply] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
 
 
@@ -105,7 +167,7 @@ class _Handler:
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
         fault = self._sink._take_fault()
-        if fault is not None:
+        if isinstance(fault, _Fault):
             log.info("SMTP sink injects fault %s %s", fault.code, fault.message)
             if fault.disconnect and server.transport is not None:
                 # Runs after aiosmtpd has written the reply; close() flushes it first.
@@ -113,7 +175,41 @@ class _Handler:
             return f"{fault.code} {fault.message}"
         raw = envelope.original_content or b""
         self._sink._store(envelope.mail_from or "", list(envelope.rcpt_tos), raw)
+        if isinstance(fault, _DropAfterAccept):
+            await self._drop_connection(server)
+        elif isinstance(fault, HeldReply):
+            await self._hold(fault)
         return "250 OK"
+
+    @staticmethod
+    async def _drop_connection(server: SMTP) -> None:
+        """Cut the connection with the message stored and no reply sent; never returns.
+
+        ``abort()`` discards anything unsent and makes asyncio call aiosmtpd's
+        ``connection_lost``, which cancels this session's task. Waiting for that
+        cancellation (instead of returning) means aiosmtpd never tries to write the reply,
+        and it unwinds the way it does for any client that hangs up: one INFO log line,
+        no error, no warning. The listener keeps accepting new connections.
+        """
+        log.info("SMTP sink stored the message and drops the connection without a reply")
+        if server.transport is not None:
+            server.transport.abort()
+        await server.loop.create_future()  # cancelled by connection_lost
+
+    @staticmethod
+    async def _hold(held: HeldReply) -> None:
+        """Keep the DATA reply back until ``held.release()``; see ``HeldReply``.
+
+        A client that disconnects meanwhile cancels this task (aiosmtpd's
+        ``connection_lost``/``eof_received``), which ends the wait without a reply.
+        """
+        log.info("SMTP sink stored the message and holds the reply")
+        held.arrived.set()
+        try:
+            while not held.released:
+                await asyncio.sleep(_HOLD_POLL_SECONDS)
+        finally:
+            held.finished.set()
 
 
 class _Controller(Controller):
@@ -183,7 +279,15 @@ class SmtpSink:
         return self
 
     def stop(self) -> None:
-        """Stop serving; received messages stay readable."""
+        """Stop serving; received messages stay readable.
+
+        Every ``HeldReply`` is released first (including holds not reached yet), so a
+        forgotten ``release()`` can never make shutdown wait.
+        """
+        with self._state.lock:
+            holds = list(self._state.holds)
+        for held in holds:
+            held.release()
         if self._controller is None:
             return
         port = self._controller.port
@@ -261,15 +365,43 @@ class SmtpSink:
         With ``disconnect`` the sink also closes the connection after replying, the way a
         relay that is shutting down behaves.
         """
-        if after < 0:
-            raise ValueError(f"after must be >= 0, got {after}")
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        _check_counts(n, after)
         if not 400 <= code <= 599:
             raise ValueError(f"fault code must be a 4xx or 5xx reply, got {code}")
+        self._enqueue(n, after, lambda: _Fault(code, message, disconnect))
+
+    def drop_after_accept(self, n: int = 1, *, after: int = 0) -> None:
+        """Store the next ``n`` messages, then drop each connection before replying to DATA.
+
+        This is the relay that accepted a message but whose ``250`` was lost with the
+        connection: the mail is delivered (``messages``, the maildir), yet the sender sees
+        ``SMTPServerDisconnected`` instead of a reply, and a sender that retries blindly
+        sends it twice. ``after`` lets that many messages through first. Queued behind
+        earlier ``fail_next``/``hold_next`` faults, in call order.
+        """
+        self._enqueue(n, after, _DropAfterAccept)
+
+    def hold_next(self, *, after: int = 0) -> HeldReply:
+        """Store the next message at once but hold the reply to its DATA until released.
+
+        Returns the ``HeldReply`` to wait on (``arrived``) and to ``release()``. While
+        held, the sender is blocked waiting for the ``250``, so a test can kill it at the
+        worst moment for exactly-once sending. Other connections keep being served.
+        ``after`` lets that many messages through first; ``stop()`` releases every hold.
+        A hold released before its message arrives lets that message through unheld.
+        """
+        held = HeldReply()
+        with self._state.lock:  # re-entrant: _enqueue takes it too
+            self._enqueue(1, after, lambda: held)
+            self._state.holds.append(held)
+        return held
+
+    def _enqueue(self, n: int, after: int, make: Callable[[], _Action]) -> None:
+        """Queue ``after`` pass-throughs, then ``n`` faults, behind what is queued already."""
+        _check_counts(n, after)
         with self._state.lock:
             self._state.faults.extend([None] * after)
-            self._state.faults.extend(_Fault(code, message, disconnect) for _ in range(n))
+            self._state.faults.extend(make() for _ in range(n))
 
     def reject_recipient(
         self, address: str, code: int = 550, message: str = "5.1.1 User unknown"
@@ -290,7 +422,7 @@ class SmtpSink:
         with self._state.lock:
             return self._state.rejected.get(address.casefold())
 
-    def _take_fault(self) -> _Fault | None:
+    def _take_fault(self) -> _Action:
         with self._state.lock:
             return self._state.faults.popleft() if self._state.faults else None
 
@@ -302,6 +434,13 @@ class SmtpSink:
                 self._next_file += 1
             self._state.messages.append(received)
             self._state.lock.notify_all()
+
+
+def _check_counts(n: int, after: int) -> None:
+    if after < 0:
+        raise ValueError(f"after must be >= 0, got {after}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
 
 
 def _write_maildir_entry(maildir: Path, number: int, mail: ReceivedMail) -> None:

@@ -44,23 +44,41 @@ class HandoffSalesforceHook(SalesforceHook):
     def get_crm(self, settings: Settings) -> SalesforceCRM:
         from handoff.crm.salesforce import SalesforceCRM
 
-        return SalesforceCRM(
-            self.conn,
-            csm_field=settings.salesforce.csm_field,
-            handoff_fields=settings.salesforce.handoff_fields.model_dump(),
-        )
+        return SalesforceCRM.from_settings(self.conn, settings)
 
 
 class HandoffSmtpHook(SmtpHook):
-    """The provider's SMTP hook, lending its connected client for one batch of messages."""
+    """The provider's SMTP connection settings, opened as the package's phase-aware transport.
+
+    The provider's own client is not used: its ``send_email_smtp`` builds the message itself and,
+    like ``smtplib.sendmail``, cannot tell a connection lost before the content from one lost
+    after it. The connection's public settings (host, port, SSL, STARTTLS, login, timeout,
+    certificate checking) are honoured; OAuth2 sending is not supported.
+    """
 
     hook_name = "SMTP (Handoff Autopilot)"
 
     @contextmanager
     def transport(self) -> Iterator[MailTransport]:
         """One SMTP connection, logged in as the connection says, for a whole batch."""
-        from handoff.mail import SmtplibTransport
+        from handoff.errors import ConfigError
+        from handoff.mail import smtp_transport
 
-        with self as hook:
-            self.log.info("SMTP connection open to %s:%s", hook.host, hook.port)
-            yield SmtplibTransport(hook._smtp_client)
+        self.smtp_connection = self.get_connection(self.smtp_conn_id)
+        if self.auth_type == "oauth2":
+            raise ConfigError(
+                f"SMTP connection {self.smtp_conn_id} asks for OAuth2, which Handoff Autopilot "
+                "does not support yet: use a login and password (an app password) instead"
+            )
+        self.log.info("Opening an SMTP connection to %s:%s", self.host, self.port)
+        with smtp_transport(
+            self.host,
+            self.port,
+            timeout=self.timeout,
+            use_ssl=self.use_ssl,
+            starttls=self.smtp_starttls and not self.use_ssl,
+            user=self.smtp_user or None,
+            password=self.smtp_password or None,
+            verify_certificate=self.ssl_context != "none",
+        ) as transport:
+            yield transport

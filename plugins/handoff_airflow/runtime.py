@@ -1,13 +1,25 @@
-"""What a DAG task needs at run time, built from Airflow's context and connections."""
+"""What a DAG task needs at run time, built from Airflow's context and connections.
+
+Every task runs inside :func:`step`: it loads the validated settings, opens the state store
+(whose location it logs, password hidden), and records how the step ended, so the summary of a
+failed run still says which step failed and why. Errors that no retry can fix (a setting, a
+credential, a daily API limit, a store that does not match the CRM) fail the task at once
+instead of being retried for a quarter of an hour.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from handoff.config import Settings
     from handoff.pipeline import RunContext
     from handoff.state import StateStore
+
+log = logging.getLogger(__name__)
 
 
 def run_context(context: dict[str, Any]) -> RunContext:
@@ -22,12 +34,68 @@ def run_context(context: dict[str, Any]) -> RunContext:
     )
 
 
-def prepare(context: dict[str, Any]) -> tuple[Settings, StateStore, RunContext]:
-    """Settings (validated), the state store (migrated: a no-op when current) and the run."""
+@contextmanager
+def step(context: dict[str, Any], source: str) -> Iterator[tuple[Settings, StateStore, RunContext]]:
+    """Settings, the state store and the run for one task; the outcome is recorded."""
+    from airflow.sdk.exceptions import AirflowFailException
+
     from handoff.config import load_settings
+    from handoff.errors import FatalError
     from handoff.state import StateStore
 
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except FatalError as exc:
+        raise AirflowFailException(str(exc)) from exc
     store = StateStore(settings.state.url)
-    store.migrate()
-    return settings, store, run_context(context)
+    run = run_context(context)
+    name = context["ti"].task_id
+    log.info("State store: %s", store.location)
+
+    def record(status: str, message: str | None = None) -> None:
+        try:
+            store.record_step(run.run_id, source, name, status, message)
+        except Exception:  # the store itself failing must not hide the step's own error
+            log.exception("Could not record that step %s ended %s", name, status)
+
+    try:
+        yield settings, store, run
+    except FatalError as exc:
+        record("failed", str(exc))
+        raise AirflowFailException(str(exc)) from exc
+    except Exception as exc:
+        record("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    else:
+        record("success")
+    finally:
+        store.dispose()
+
+
+def check_connections(*conn_ids: str) -> None:
+    """Connections the run needs exist (no network): a missing one fails the run at once."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from handoff.errors import ConfigError
+
+    missing = []
+    for conn_id in conn_ids:
+        try:
+            BaseHook.get_connection(conn_id)
+        except AirflowNotFoundException:
+            missing.append(conn_id)
+    if missing:
+        raise ConfigError(
+            f"Airflow connection(s) {', '.join(missing)} are not defined: add them in the UI "
+            "(Admin > Connections), as AIRFLOW_CONN_* variables, or in a secrets backend"
+        )
+
+
+def fail_if_a_step_failed(summary: dict[str, Any]) -> None:
+    """The summary was written; the run still ends failed, with the first cause."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    if summary["failed_steps"]:
+        failed = summary["failed_steps"][0]
+        raise AirflowFailException(f"step {failed['step']} failed: {failed['message']}")

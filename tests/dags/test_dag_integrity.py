@@ -52,6 +52,7 @@ def test_the_salesforce_dag_runs_the_handoff_steps_in_order(dag_bag):
     dag = dag_bag.get_dag("handoff_salesforce")
     assert dag is not None
     assert set(dag.task_ids) == {
+        "preflight",
         "extract",
         "detect",
         "plan",
@@ -59,11 +60,14 @@ def test_the_salesforce_dag_runs_the_handoff_steps_in_order(dag_bag):
         "write_tasks",
         "summarise",
     }
+    assert dag.get_task("extract").upstream_task_ids == {"preflight"}
     assert dag.get_task("detect").upstream_task_ids == {"extract"}
     assert dag.get_task("plan").upstream_task_ids == {"detect"}
     assert dag.get_task("send_emails").upstream_task_ids == {"plan"}
     assert dag.get_task("write_tasks").upstream_task_ids == {"plan"}
-    assert dag.get_task("summarise").upstream_task_ids == {"extract", "send_emails", "write_tasks"}
+    summarise = dag.get_task("summarise")
+    assert summarise.upstream_task_ids == {"extract", "detect", "send_emails", "write_tasks"}
+    assert summarise.trigger_rule == "all_done", "a failed run still gets its summary"
 
 
 def test_the_business_logic_package_never_imports_airflow():

@@ -1,4 +1,4 @@
-"""The ``handoff`` command: the demo twice (the second run changes nothing) and ``handoff run``."""
+"""The ``handoff`` command: one subprocess smoke test (the demo, twice), the rest in-process."""
 
 from __future__ import annotations
 
@@ -8,24 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from handoff.cli import connection_env
+import pytest
+
+from handoff.cli import _one_run_at_a_time, connection_env, main
 from tests.builders import WON_AT, SandboxOrg
 
 HANDOFF = str(Path(sys.executable).with_name("handoff"))
-
-
-def handoff(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [HANDOFF, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
-    assert result.returncode == 0, (
-        f"handoff {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    )
-    return result
+DAY = WON_AT.date().isoformat()
 
 
 def last_json_line(output: str) -> dict:
@@ -33,30 +22,138 @@ def last_json_line(output: str) -> dict:
 
 
 def test_the_demo_runs_then_finds_nothing_new(tmp_path):
-    first = handoff("demo", "--reset", "--workdir", str(tmp_path / "demo"))
-    summary = last_json_line(first.stdout)
+    """The one subprocess test: the installed command, as a new user runs it."""
+
+    def demo(*args: str) -> str:
+        result = subprocess.run(
+            [HANDOFF, "demo", "--workdir", str(tmp_path / "demo"), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=os.environ,
+        )
+        assert result.returncode == 0, f"handoff demo failed:\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    first = demo("--reset")
+    summary = last_json_line(first)
     assert summary["emails_sent"] > 0 and summary["tasks_created"] > 0
-    assert "New Closed Won deals:" in first.stdout
-    assert "no primary contact" in first.stdout  # the seeded bad-input deals are reported
+    assert summary["failed_steps"] == [] and summary["waiting"] == 0
+    assert "New Closed Won deals:" in first
+    assert "State store: sqlite:///" in first
+    assert "no primary contact" in first  # the seeded bad-input deals are reported
     assert list((tmp_path / "demo" / "runs").glob("*/emails/*.html"))
 
-    second = handoff("demo", "--workdir", str(tmp_path / "demo"))
-    again = last_json_line(second.stdout)
+    again = last_json_line(demo())
     assert (again["emails_sent"], again["tasks_created"]) == (0, 0)
 
 
-def test_handoff_run_processes_one_day_against_the_configured_connections(
-    tmp_path, sandbox, smtp_sink
-):
-    org = SandboxOrg(sandbox.store)
-    org.won_deal("Run for a day", amount=75000)
-    env = {
-        **connection_env(sandbox.url, sandbox.token, smtp_sink.host, smtp_sink.port),
+@pytest.fixture
+def connections(sandbox, smtp_sink, tmp_path, monkeypatch):
+    env = connection_env(sandbox.url, sandbox.token, smtp_sink.host, smtp_sink.port)
+    env |= {
         "HANDOFF_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}",
         "HANDOFF_RUN_DIR": str(tmp_path / "runs"),
     }
-    result = handoff("run", "--source", "salesforce", "--date", WON_AT.date().isoformat(), env=env)
-    summary = last_json_line(result.stdout)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def handoff(capfd, *args: str) -> tuple[int, str]:
+    code = main(list(args))
+    out, err = capfd.readouterr()
+    return code, out + err
+
+
+def test_handoff_run_processes_one_day_and_says_which_state_store(
+    connections, sandbox, smtp_sink, tmp_path, capfd
+):
+    SandboxOrg(sandbox.store).won_deal("Run for a day", amount=75000)
+    code, output = handoff(capfd, "run", "--source", "salesforce", "--date", DAY)
+    assert code == 0, output
+    assert output.splitlines()[0] == f"State store: sqlite:///{tmp_path / 'state.db'}"
+    summary = last_json_line(output)
     assert (summary["emails_sent"], summary["tasks_created"]) == (1, 2)
     assert len(smtp_sink.messages) == 1
-    assert summary["api_calls"] == 3  # deals, primary contacts, one task collection
+    # deals, primary contacts, the new store's check for earlier tasks, describe Task, one write
+    assert summary["api_calls"] == 5 == sandbox.stats()["api_calls"]
+
+
+def test_a_crm_answer_no_retry_can_fix_fails_the_run_at_once_with_its_cause(
+    connections, sandbox, smtp_sink, tmp_path, capfd
+):
+    SandboxOrg(sandbox.store).won_deal("Over the limit")
+    sandbox.faults.add(
+        method="GET",
+        path_contains="/queryAll",
+        status=403,
+        error_code="REQUEST_LIMIT_EXCEEDED",
+        message="TotalRequests Limit exceeded.",
+        times=-1,
+    )
+    code, output = handoff(capfd, "run", "--date", DAY)
+    assert code == 1
+    assert "extract" in output and "REQUEST_LIMIT_EXCEEDED: TotalRequests Limit exceeded" in output
+    assert sandbox.stats()["api_calls"] == 1, "no retry: the limit holds until tomorrow"
+    [summary_file] = (tmp_path / "runs").glob("*/summary.json")
+    summary = json.loads(summary_file.read_text())
+    assert [f["step"] for f in summary["failed_steps"]] == ["extract"]
+    assert smtp_sink.messages == []
+
+
+def test_a_missing_templates_folder_fails_the_run_before_anything_is_claimed(
+    connections, sandbox, smtp_sink, tmp_path, monkeypatch, capfd
+):
+    from tests.conftest import TEST_CONFIG
+
+    config = tmp_path / "handoff.toml"
+    config.write_text(
+        TEST_CONFIG.read_text().replace('"templates/emails"', '"templates/no-such-folder"')
+    )
+    monkeypatch.setenv("HANDOFF_CONFIG", str(config))
+    SandboxOrg(sandbox.store).won_deal("Templates gone")
+    code, output = handoff(capfd, "run", "--date", DAY)
+    assert code == 1
+    assert "preflight" in output and "templates/no-such-folder does not exist" in output
+    assert sandbox.stats()["api_calls"] == 0 and smtp_sink.sessions == 0
+    from handoff.state import StateStore
+
+    store = StateStore(connections["HANDOFF_STATE_URL"])
+    assert store.actions() == [], "nothing planned, claimed or failed"
+    store.dispose()
+
+
+def test_a_new_empty_state_store_refuses_to_onboard_clients_the_crm_shows_we_did(
+    connections, sandbox, smtp_sink, tmp_path, monkeypatch, capfd
+):
+    SandboxOrg(sandbox.store).won_deal("Onboarded once", amount=75000)
+    assert handoff(capfd, "run", "--date", DAY)[0] == 0
+    assert (len(smtp_sink.messages), sandbox.store.count("Task")) == (1, 2)
+
+    # The configuration now points at another, empty store (a moved file, a changed URL).
+    monkeypatch.setenv("HANDOFF_STATE_URL", f"sqlite:///{tmp_path / 'other.db'}")
+    code, output = handoff(capfd, "run", "--date", DAY)
+    assert code == 1
+    assert f"the state store sqlite:///{tmp_path / 'other.db'} has never planned" in output
+    assert "handoff init" in output
+    assert (len(smtp_sink.messages), sandbox.store.count("Task")) == (1, 2)
+
+    # Declared on purpose: this store starts now, earlier wins belong to the other one.
+    code, output = handoff(capfd, "init")
+    assert code == 0 and "onboards deals won from" in output
+    code, output = handoff(capfd, "run", "--date", DAY)
+    assert code == 0, output
+    assert (len(smtp_sink.messages), sandbox.store.count("Task")) == (1, 2)
+
+
+def test_a_second_run_of_the_same_source_at_once_is_refused_in_plain_words(
+    connections, smtp_sink, capfd
+):
+    from datetime import date
+
+    with _one_run_at_a_time("salesforce", date.fromisoformat(DAY)):
+        code, output = handoff(capfd, "run", "--date", DAY)
+    assert code == 1, "refused with a message, not a crash inside Airflow"
+    assert f"Not started: a salesforce run is already in progress (the run for {DAY}" in output
+    assert smtp_sink.sessions == 0

@@ -93,7 +93,7 @@ def test_a_closed_won_deal_becomes_a_welcome_email_and_crm_tasks(dag, org, sandb
     assert len(tasks_in_crm(sandbox)) == 3
 
 
-def test_bad_input_is_reported_by_deal_and_field_and_the_run_goes_on(dag, org, smtp_sink):
+def test_bad_input_is_reported_by_deal_and_field_and_the_run_goes_on(dag, org, sandbox, smtp_sink):
     good = org.won_deal("Good deal")
     no_contact = org.won_deal("No contact", contact=False)
     no_email = org.won_deal("No email", contact={"Email": None})
@@ -122,11 +122,15 @@ def test_bad_input_is_reported_by_deal_and_field_and_the_run_goes_on(dag, org, s
     assert reason(opted_out, "welcome_email")["status"] == "skipped"
     assert "Contact.HasOptedOutOfEmail" in reason(opted_out, "welcome_email")["reason"]
     assert "Amount" in reason(no_amount, "internal_handoff_meeting")["reason"]
-    failed = reason(inactive, "first_cs_contact")
-    assert failed["status"] == "failed" and "INACTIVE_OWNER_OR_USER" in failed["reason"]
+    # An inactive CSM counts as missing: the rep gets the task, the client never hears the name.
+    [first] = [t for t in tasks_in_crm(sandbox, inactive) if t["Subject"].startswith("First")]
+    assert first["OwnerId"] == org.rep
     issues = {(i["deal_id"], i["field"]) for i in summary["issues"]}
+    assert (inactive, "Customer_Success_Manager__c") in issues
     assert (no_owner, "OwnerId") in issues and (no_amount, "Amount") in issues
-    assert (injected, "Contact.FirstName") in issues
+    assert (injected, "Contact.FirstName") in issues and (injected, "Contact.Name") in issues
+    assert summary["failed"] == 0
+    assert not [m for m in smtp_sink.messages if "Gone Away" in m.raw.decode("utf-8", "replace")]
 
     recipients = sorted(a for m in smtp_sink.messages for a in m.rcpt_tos)
     assert "attacker@evil.example" not in recipients
@@ -151,28 +155,53 @@ def test_a_smtp_failure_half_way_is_retried_without_a_duplicate(dag, org, smtp_s
     assert len(deals) == 3
 
 
-def test_a_crm_write_that_failed_after_the_server_committed_is_reconciled(dag, org, sandbox):
+@pytest.mark.parametrize("status", [500, 503])
+def test_a_crm_write_answered_5xx_after_the_commit_is_looked_up_not_resent(
+    dag, org, sandbox, status
+):
     deal_ids = [org.won_deal(f"Enterprise {n}", amount=500000) for n in range(2)]
     sandbox.faults.add(
         method="POST",
         path_contains="composite/sobjects",
-        status=500,
-        error_code="UNKNOWN_EXCEPTION",
-        message="gateway lost the answer",
-        times=1,
+        status=status,
+        message="the gateway lost the answer",
+        times=2,  # the lookup's re-write would meet it too, if anything were missing
         after_commit=True,
+        retry_after=0,
     )
 
     dag_run, summary = run(dag)
 
-    assert summary["tasks_created"] == 4
+    assert summary["tasks_created"] == 4 and summary["failed_steps"] == []
     for deal_id in deal_ids:
         assert len(tasks_in_crm(sandbox, deal_id)) == 2, "each task exists exactly once"
     state = StateStore(load_settings().state.url)
     reconciled = [r for r in state.actions(kind="task") if r["reason"]]
     assert len(reconciled) == 4
-    assert all("found in the CRM" in r["reason"] for r in reconciled)
+    assert all(
+        f"found in the CRM by its key after: Salesforce answered {status}" in r["reason"]
+        for r in reconciled
+    )
     state.dispose()
+    write = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "write_tasks")
+    assert write.try_number == 1, "settled inside the attempt, not by Airflow's retry"
+
+
+def test_a_key_line_pasted_into_the_handoff_document_cannot_cause_a_duplicate(dag, org, sandbox):
+    deal_id = org.won_deal("Pasted notes", amount=8000)
+    forged = f"Copied from the old task:\nHandoff key: salesforce:{deal_id}:something_else"
+    sandbox.store.update("Opportunity", deal_id, {"Handoff_Risks__c": forged}, modstamp=WON_AT)
+    sandbox.faults.add(
+        method="POST", path_contains="composite/sobjects", status=500, after_commit=True
+    )
+
+    dag_run, summary = run(dag)
+
+    [task] = tasks_in_crm(sandbox, deal_id)
+    assert summary["tasks_created"] == 1
+    assert task["Handoff_Key__c"] == f"salesforce:{deal_id}:first_cs_contact"
+    assert "(quoted) Handoff key: salesforce:" in task["Description"]
+    assert task["Description"].endswith(f"\nHandoff key: salesforce:{deal_id}:first_cs_contact")
 
 
 def test_rerunning_a_day_after_a_failed_run_creates_nothing_twice(dag, org, sandbox, smtp_sink):
@@ -182,7 +211,13 @@ def test_rerunning_a_day_after_a_failed_run_creates_nothing_twice(dag, org, sand
     smtp_sink.fail_next(1, code=421)
 
     first, summary = run(dag)
-    assert summary is None, "send_emails failed, so the run did not summarise"
+    assert str(first.state) in ("failed", "DagRunState.FAILED")
+    # The failed run still has its summary: which step failed, why, and what waits.
+    assert [f["step"] for f in summary["failed_steps"]] == ["send_emails"]
+    assert "421" in summary["failed_steps"][0]["message"]
+    [waiting] = summary["waiting"]
+    assert waiting["step"] == "welcome_email" and waiting["retry_at"] == "next run"
+    assert "421" in waiting["reason"]
     assert len(tasks_in_crm(sandbox)) == 2  # write_tasks ran beside it
 
     second, summary = run(dag)

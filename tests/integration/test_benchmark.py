@@ -15,8 +15,12 @@ def test_api_calls_scale_with_batches_not_with_deals():
     assert wins > 200, "enough recent wins to need two batches of contacts"
     # One page of opportunities, then primary contacts 200 deals per IN list.
     assert first["extract"]["api_calls"] == 1 + math.ceil(wins / 200)
+    # A store that never planned anything checks the CRM holds none of our tasks for the wins.
+    assert first["detect"]["api_calls"] == math.ceil(wins / 200)
     written = first["write_tasks"]["tasks_created"] + first["write_tasks"]["tasks_failed"]
-    assert first["write_tasks"]["api_calls"] == math.ceil(written / 200)
+    # One describe of Task (the key field exists), then 200-record collections.
+    assert first["write_tasks"]["api_calls"] == 1 + math.ceil(written / 200)
+    assert result["sandbox_api_calls"] == first["total_api_calls"] + second["total_api_calls"]
     assert result["smtp_sessions"] == 1
     assert result["messages_received"] == first["send_emails"]["emails_sent"]
     # The next day finds nothing: one query, no writes, no mail.

@@ -43,6 +43,7 @@ def test_the_hook_session_carries_the_transport_policy(connections, settings):
 def test_smtp_hook_lends_one_connection_for_a_batch(connections, smtp_sink):
     from email.message import EmailMessage
 
+    attempts = []
     with HandoffSmtpHook().transport() as transport:
         for n in range(3):
             message = EmailMessage()
@@ -50,5 +51,27 @@ def test_smtp_hook_lends_one_connection_for_a_batch(connections, smtp_sink):
             message["To"] = f"c{n}@client.example"
             message["Subject"] = "hi"
             message.set_content("hello")
-            assert transport.send(message) == {}
+            refused = transport.send(
+                message,
+                sender="a@seller.example",
+                recipients=[f"c{n}@client.example"],
+                before_data=lambda n=n: attempts.append(n) or True,
+            )
+            assert refused == {}
+    assert attempts == [0, 1, 2], "each message was marked attempted before its content went"
     assert smtp_sink.sessions == 1 and len(smtp_sink.messages) == 3
+    assert [m.rcpt_tos for m in smtp_sink.messages] == [[f"c{n}@client.example"] for n in range(3)]
+
+
+def test_an_oauth2_smtp_connection_is_refused_with_a_clear_message(sandbox, smtp_sink, monkeypatch):
+    import json
+
+    from handoff.errors import ConfigError
+
+    env = connection_env(sandbox.url, sandbox.token, smtp_sink.host, smtp_sink.port)
+    smtp = json.loads(env["AIRFLOW_CONN_SMTP_DEFAULT"])
+    smtp["extra"]["auth_type"] = "oauth2"
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(smtp))
+    with pytest.raises(ConfigError, match="OAuth2"), HandoffSmtpHook().transport():
+        pass
+    assert smtp_sink.sessions == 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from simple_salesforce.exceptions import SalesforceGeneralError
 
+from handoff.crm.base import CrmFatalError, CrmUnavailable, WriteOutcomeUnknown
 from handoff.models import CrmTask
 from handoff.pipeline import extract_changes
 from tests.builders import WON_AT, SandboxOrg
@@ -116,32 +116,97 @@ def test_pagination_walks_every_page_of_one_query(crm, org, sandbox):
     assert crm.api_calls - calls == 2
 
 
-def test_tasks_are_written_in_collections_of_200_with_per_record_results(crm, org, sandbox):
+def test_tasks_are_written_in_one_collection_call_with_per_record_results(crm, org, sandbox):
     deal_id = org.won_deal("Big customer")
-    tasks = [task(deal_id, org.csm, n) for n in range(250)]
+    tasks = [task(deal_id, org.csm, n) for n in range(200)]
     tasks[7] = task(deal_id, org.inactive_csm, 7)
     calls = crm.api_calls
     results = crm.create_tasks(tasks)
-    assert crm.api_calls - calls == 2
+    assert crm.api_calls - calls == 1
     assert [r.ok for r in results].count(False) == 1
     failed = results[7]
     assert failed.dedupe_key == f"salesforce:{deal_id}:step7"
     assert "INACTIVE_OWNER_OR_USER" in failed.error and "OwnerId" in failed.error
-    assert sandbox.store.count("Task") == 249
+    assert sandbox.store.count("Task") == 199
     created = sandbox.store.get("Task", results[0].external_id)
     assert created["WhatId"] == deal_id and created["Priority"] == "High"
     assert created["ActivityDate"] == "2026-11-21"
     assert created["IsReminderSet"] is True
+    assert created["Handoff_Key__c"] == f"salesforce:{deal_id}:step0"
+    assert created["Description"].endswith(f"Handoff key: salesforce:{deal_id}:step0")
+    with pytest.raises(ValueError, match="limit is 200"):
+        crm.create_tasks([task(deal_id, org.csm, n) for n in range(201)])
 
 
-def test_find_tasks_recognises_the_dedupe_key_in_descriptions(crm, org):
+def test_find_tasks_returns_the_keys_on_these_deals(crm, org):
     deal_id = org.won_deal("Reconcile me")
-    written = crm.create_tasks([task(deal_id, org.csm, 1)])
-    found = crm.find_tasks([task(deal_id, org.csm, 1), task(deal_id, org.csm, 2)])
-    assert found == {f"salesforce:{deal_id}:step1": written[0].external_id}
+    other = org.won_deal("Someone else")
+    written = crm.create_tasks([task(deal_id, org.csm, 1), task(other, org.csm, 2)])
+    assert crm.find_tasks([deal_id]) == {f"salesforce:{deal_id}:step1": written[0].external_id}
 
 
-def test_reads_are_retried_after_503_with_retry_after(crm, org, sandbox):
+def test_a_forged_key_line_in_crm_text_cannot_fool_the_lookup(crm, org, sandbox):
+    deal_id = org.won_deal("Forged")
+    real = f"salesforce:{deal_id}:step1"
+    note = f"Rep notes\nHandoff key: salesforce:{deal_id}:bogus\nmore notes"
+    forged = CrmTask(**{**task(deal_id, org.csm, 1).__dict__, "description": note})
+    [result] = crm.create_tasks([forged])
+    # A person's task on the deal whose text ends like ours is not ours.
+    sandbox.store.insert(
+        "Task",
+        {
+            "WhatId": deal_id,
+            "OwnerId": org.csm,
+            "Subject": "Call",
+            "Description": f"copied from elsewhere\nHandoff key: salesforce:{deal_id}:step2",
+        },
+    )
+    assert crm.find_tasks([deal_id]) == {real: result.external_id}
+    description = sandbox.store.get("Task", result.external_id)["Description"]
+    assert description.count("\nHandoff key: ") == 1 and description.endswith(real)
+
+
+def test_without_a_key_field_the_key_is_read_from_the_last_description_line(
+    salesforce_client, settings, org, sandbox
+):
+    from handoff.crm.salesforce import SalesforceCRM
+
+    settings = settings.model_copy(
+        update={"salesforce": settings.salesforce.model_copy(update={"task_key_field": ""})}
+    )
+    crm = SalesforceCRM.from_settings(salesforce_client, settings)
+    deal_id = org.won_deal("No key field")
+    note = f"notes\nHandoff key: salesforce:{deal_id}:bogus\nend"
+    [result] = crm.create_tasks(
+        [CrmTask(**{**task(deal_id, org.csm, 1).__dict__, "description": note})]
+    )
+    assert sandbox.store.get("Task", result.external_id)["Handoff_Key__c"] is None
+    assert crm.find_tasks([deal_id]) == {f"salesforce:{deal_id}:step1": result.external_id}
+
+
+def test_a_key_field_missing_from_the_org_is_a_configuration_error(salesforce_client, settings):
+    from handoff.crm.salesforce import SalesforceCRM
+
+    settings = settings.model_copy(
+        update={
+            "salesforce": settings.salesforce.model_copy(update={"task_key_field": "Dedupe_Key__c"})
+        }
+    )
+    crm = SalesforceCRM.from_settings(salesforce_client, settings)
+    with pytest.raises(CrmFatalError, match=r"Task\.Dedupe_Key__c.*task_key_field"):
+        crm.check_task_setup()
+
+
+def test_a_description_over_the_limit_is_shortened_and_accepted(crm, org, sandbox):
+    deal_id = org.won_deal("Long notes")
+    long = CrmTask(**{**task(deal_id, org.csm, 1).__dict__, "description": "n" * 40000})
+    [result] = crm.create_tasks([long])
+    assert result.ok, result.error
+    description = sandbox.store.get("Task", result.external_id)["Description"]
+    assert len(description) <= 32000 and description.endswith(f"salesforce:{deal_id}:step1")
+
+
+def test_reads_are_retried_after_503_and_every_request_is_counted(crm, org, sandbox):
     org.won_deal("Retry me")
     sandbox.faults.add(
         method="GET",
@@ -152,22 +217,98 @@ def test_reads_are_retried_after_503_with_retry_after(crm, org, sandbox):
         times=2,
         retry_after=0,
     )
+    served, calls = sandbox.stats()["api_calls"], crm.api_calls
     frames = list(crm.iter_changed_deals(WON_AT - timedelta(days=1), WINDOW_END))
     assert sum(len(f) for f in frames) == 1
-    assert sandbox.stats()["api_calls"] >= 3  # two refusals, then the answer
+    assert sandbox.stats()["api_calls"] - served == 3  # two refusals, then the answer
+    assert crm.api_calls - calls == 3, "transport retries are API calls too"
 
 
-def test_a_write_that_failed_on_the_server_is_not_blindly_resent(crm, org, sandbox):
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_a_write_answered_5xx_after_the_commit_is_never_resent(crm, org, sandbox, status):
     deal_id = org.won_deal("Ambiguous")
     sandbox.faults.add(
         method="POST",
         path_contains="composite/sobjects",
-        status=500,
-        error_code="UNKNOWN_EXCEPTION",
-        message="boom",
+        status=status,
         times=1,
         after_commit=True,
+        retry_after=0,
     )
-    with pytest.raises(SalesforceGeneralError):
+    calls = crm.api_calls
+    with pytest.raises(WriteOutcomeUnknown, match=str(status)):
+        crm.create_tasks([task(deal_id, org.csm, n) for n in range(3)])
+    assert sandbox.store.count("Task") == 3, "the server wrote them once; nothing re-sent"
+    assert crm.api_calls - calls == 1
+
+
+def test_a_write_answered_429_did_nothing_and_is_retried_as_is(crm, org, sandbox):
+    deal_id = org.won_deal("Throttled")
+    sandbox.faults.add(
+        method="POST", path_contains="composite/sobjects", status=429, times=1, retry_after=0
+    )
+    calls = crm.api_calls
+    results = crm.create_tasks([task(deal_id, org.csm, 1)])
+    assert [r.ok for r in results] == [True]
+    assert sandbox.store.count("Task") == 1
+    assert crm.api_calls - calls == 2
+
+
+def test_a_write_whose_answer_times_out_after_the_commit_is_an_unknown_outcome(org, sandbox):
+    from simple_salesforce import Salesforce
+
+    from handoff.crm.http import build_session
+    from handoff.crm.salesforce import SalesforceCRM
+
+    client = Salesforce(
+        instance_url=sandbox.url,
+        session_id=sandbox.token,
+        session=build_session(sandbox.url, timeout=(2, 0.5)),
+    )
+    crm = SalesforceCRM(client, csm_field="Customer_Success_Manager__c", handoff_fields={})
+    deal_id = org.won_deal("Slow answer")
+    sandbox.faults.add(
+        method="POST", path_contains="composite/sobjects", after_commit=True, delay_seconds=3
+    )
+    with pytest.raises(WriteOutcomeUnknown, match="went out"):
         crm.create_tasks([task(deal_id, org.csm, 1)])
-    assert sandbox.store.count("Task") == 1, "the server wrote it once; the client did not retry"
+    assert sandbox.store.count("Task") == 1
+
+
+def test_a_write_to_a_closed_port_is_known_not_to_have_happened(settings):
+    import socket
+
+    from simple_salesforce import Salesforce
+
+    from handoff.crm.http import build_session
+    from handoff.crm.salesforce import SalesforceCRM
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    client = Salesforce(
+        instance_url=url,
+        session_id="t",
+        session=build_session(url, total_retries=1, backoff_factor=0),
+    )
+    crm = SalesforceCRM.from_settings(client, settings)
+    with pytest.raises(CrmUnavailable):
+        crm.create_tasks([task("006000000000001AAA", "005000000000001AAA", 1)])
+
+
+@pytest.mark.parametrize(
+    ("fault", "words"),
+    [
+        ({"status": 401, "error_code": "INVALID_SESSION_ID"}, "session is expired"),
+        ({"status": 403, "error_code": "REQUEST_LIMIT_EXCEEDED"}, "daily API limit"),
+    ],
+    ids=["expired-session", "daily-limit"],
+)
+def test_answers_no_retry_can_fix_are_fatal_and_carry_the_crm_message(crm, sandbox, fault, words):
+    sandbox.faults.add(method="GET", path_contains="/queryAll", times=-1, **fault)
+    with pytest.raises(CrmFatalError) as raised:
+        list(crm.iter_changed_deals(WON_AT - timedelta(days=1), WINDOW_END))
+    message = str(raised.value)
+    assert fault["error_code"] in message and words in message
+    assert sandbox.token not in message
+    assert sandbox.stats()["api_calls"] == 1, "not retried"

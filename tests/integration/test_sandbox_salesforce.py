@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,7 @@ from simple_salesforce.exceptions import (
     SalesforceResourceNotFound,
 )
 
-from handoff.sandbox import EDGE_CASE_DEALS, SandboxServer, SandboxStore, seed_org
+from handoff.sandbox import EDGE_CASE_DEALS, FaultRule, SandboxServer, SandboxStore, seed_org
 from handoff.sandbox.ids import checksum
 
 TODAY = date(2026, 11, 23)
@@ -108,6 +111,16 @@ def count_tasks(sf: Salesforce, subject_prefix: str) -> int:
     escaped = subject_prefix.replace("\\", "\\\\").replace("'", "\\'")
     soql = f"SELECT COUNT() FROM Task WHERE Subject LIKE '{escaped}%'"
     return int(sf.query(soql)["totalSize"])
+
+
+def add_fault(server: SandboxServer, **rule: Any) -> None:
+    added = requests.post(f"{server.url}/__sandbox__/faults", json=rule, timeout=5)
+    assert added.status_code == 201, added.text
+
+
+def keyed_tasks(server: SandboxServer, *keys: str) -> list[dict[str, Any]]:
+    """Tasks stored under these dedupe keys, read from the store, not over the API."""
+    return [r for r in server.store.rows("Task") if r["Handoff_Key__c"] in keys]
 
 
 # -- queries -------------------------------------------------------------------------------------
@@ -297,6 +310,72 @@ def test_stage_updates_keep_the_derived_fields_consistent(sf: Salesforce, org: d
     with pytest.raises(SalesforceMalformedRequest) as refused:
         sf.Opportunity.update(created["id"], {"IsWon": False})
     assert refused.value.content[0]["errorCode"] == "INVALID_FIELD_FOR_INSERT_UPDATE"
+
+
+# -- the Handoff_Key__c dedupe field --------------------------------------------------------------
+
+
+def test_the_handoff_key_is_a_filterable_custom_text_field(
+    sf: Salesforce, server: SandboxServer, org: dict
+) -> None:
+    fields = {f["name"]: f for f in sf.Task.describe()["fields"]}
+    key = fields["Handoff_Key__c"]
+    assert (key["label"], key["type"], key["length"]) == ("Handoff Key", "string", 255)
+    assert key["custom"] is True and key["nillable"] is True and key["externalId"] is False
+    assert key["createable"] and key["updateable"] and key["filterable"] and key["sortable"]
+
+    single = task(org, "keyed-1", Handoff_Key__c="hk-1")
+    single.pop("attributes")
+    first = sf.Task.create(single)["id"]
+    body = {
+        "records": [
+            task(org, "keyed-2", Handoff_Key__c="hk-2"),
+            task(org, "keyed-3", Handoff_Key__c="hk-3"),
+            task(org, "keyed-none"),
+        ]
+    }
+    results = sf.restful("composite/sobjects", method="POST", json=body)
+    assert all(r["success"] for r in results)
+    assert sf.Task.get(first)["Handoff_Key__c"] == "hk-1"
+
+    soql = (
+        "SELECT Subject, Handoff_Key__c FROM Task "
+        "WHERE Handoff_Key__c IN ('hk-1', 'hk-3', 'hk-absent') ORDER BY Handoff_Key__c"
+    )
+    found = [(r["Subject"], r["Handoff_Key__c"]) for r in sf.query(soql)["records"]]
+    assert found == [("keyed-1", "hk-1"), ("keyed-3", "hk-3")]
+    keyed = sf.query_all("SELECT Id FROM Task WHERE Handoff_Key__c != null")["records"]
+    stored = {r["Id"] for r in server.store.rows("Task") if r["Handoff_Key__c"] is not None}
+    assert {r["Id"] for r in keyed} == stored and results[2]["id"] not in stored
+    assert count_tasks(sf, "keyed-") == 4
+
+    assert sf.Task.update(first, {"Handoff_Key__c": "hk-1b"}) == 204
+    assert [r["Subject"] for r in keyed_tasks(server, "hk-1", "hk-1b")] == ["keyed-1"]
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        sf.Task.update(first, {"Handoff_Key__c": "k" * 256})
+    [error] = refused.value.content
+    assert (error["errorCode"], error["fields"]) == ("STRING_TOO_LONG", ["Handoff_Key__c"])
+
+
+def test_an_org_file_from_before_the_key_field_gains_its_column(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    store = SandboxStore(db)
+    owner = store.insert("User", {"LastName": "Old"})
+    old_task = store.insert("Task", {"Subject": "from before", "OwnerId": owner})
+    store.close()
+    with sqlite3.connect(db) as conn:  # the file as an older sandbox left it
+        conn.execute('ALTER TABLE "Task" DROP COLUMN "Handoff_Key__c"')
+    conn.close()
+
+    store = SandboxStore(db)
+    try:
+        assert store.get("Task", old_task)["Handoff_Key__c"] is None
+        new_task = store.insert(
+            "Task", {"Subject": "after", "OwnerId": owner, "Handoff_Key__c": "hk-new"}
+        )
+        assert store.get("Task", new_task)["Handoff_Key__c"] == "hk-new"
+    finally:
+        store.close()
 
 
 # -- writes: sObject Collections -----------------------------------------------------------------
@@ -500,6 +579,122 @@ def test_injected_503_with_and_without_the_write(
     results = sf.restful("composite/sobjects", method="POST", json=body)  # the rule is used up
     assert results[0]["success"] is True
     assert count_tasks(sf, prefix) == written + 1
+
+
+def test_503_after_commit_on_a_collection_creates_the_records_and_answers_503(
+    server: SandboxServer, org: dict
+) -> None:
+    add_fault(
+        server,
+        method="POST",
+        path_contains="/composite/sobjects",
+        status=503,
+        after_commit=True,
+        retry_after=2,
+    )
+    before = server.stats()
+    body = {
+        "allOrNone": True,
+        "records": [
+            task(org, "c503-1", Handoff_Key__c="c503-1"),
+            task(org, "c503-2", Handoff_Key__c="c503-2"),
+        ],
+    }
+    answer = requests.post(
+        f"{server.url}/services/data/v59.0/composite/sobjects",
+        json=body,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=5,
+    )
+    assert answer.status_code == 503
+    assert answer.headers["Retry-After"] == "2"
+    assert answer.headers["Sforce-Limit-Info"] == f"api-usage={before['api_calls'] + 1}/15000"
+    assert answer.json() == [
+        {
+            "message": "Server temporarily unavailable. Please try again later.",
+            "errorCode": "SERVER_UNAVAILABLE",
+        }
+    ]
+    created = keyed_tasks(server, "c503-1", "c503-2")
+    assert [r["Subject"] for r in created] == ["c503-1", "c503-2"]
+    assert all(r["OwnerId"] == org["ae"] and not r["IsDeleted"] for r in created)
+    after = server.stats()
+    assert after["api_calls"] == before["api_calls"] + 1
+    assert after["by_route"]["composite_sobjects"] == before["by_route"]["composite_sobjects"] + 1
+    assert after["faults_injected"] == before["faults_injected"] + 1
+
+
+def test_an_after_commit_hold_delays_the_real_answer_of_a_committed_write(
+    sf: Salesforce, server: SandboxServer, org: dict
+) -> None:
+    hold = 0.5
+    add_fault(
+        server, method="POST", path_contains="/sobjects/Task", after_commit=True, delay_seconds=hold
+    )
+    before = server.stats()
+    record = task(org, "held-1", Handoff_Key__c="held-1")
+    record.pop("attributes")
+    observer = client(server)  # a second API client, as another process would be
+    soql = "SELECT Id FROM Task WHERE Handoff_Key__c = 'held-1'"
+    polls = 0
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        started = time.monotonic()
+        pending = pool.submit(sf.Task.create, record)
+        seen: list[dict[str, Any]] = []
+        while not seen and time.monotonic() - started < hold:
+            seen = observer.query(soql)["records"]
+            polls += 1
+        assert seen, "the write must be committed while its answer is held"
+        assert not pending.done(), "the answer must still be held once the write is visible"
+        created = pending.result(timeout=5)
+        elapsed = time.monotonic() - started
+    assert created == {"id": seen[0]["Id"], "success": True, "errors": []}
+    assert elapsed >= hold
+    after = server.stats()
+    assert after["api_calls"] == before["api_calls"] + 1 + polls
+    assert after["faults_injected"] == before["faults_injected"] + 1
+    assert sf.Task.create(record)["success"] is True  # the rule is used up: no hold
+    assert len(keyed_tasks(server, "held-1")) == 2
+
+
+def test_a_delay_without_after_commit_still_comes_before_the_write(
+    sf: Salesforce, server: SandboxServer, org: dict
+) -> None:
+    add_fault(server, method="POST", path_contains="/sobjects/Task", delay_seconds=0.4)
+    record = task(org, "slow-1", Handoff_Key__c="slow-1")
+    record.pop("attributes")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(sf.Task.create, record)
+        time.sleep(0.15)
+        assert keyed_tasks(server, "slow-1") == [] and not pending.done()
+        created = pending.result(timeout=5)
+    assert [r["Id"] for r in keyed_tasks(server, "slow-1")] == [created["id"]]
+
+
+def test_a_held_answer_ends_when_the_client_gives_up(tmp_path: Path) -> None:
+    with SandboxServer(tmp_path / "held.db", token=TOKEN) as running:
+        add_fault(running, method="POST", after_commit=True, delay_seconds=30)
+        with pytest.raises(requests.ReadTimeout):
+            requests.post(
+                f"{running.url}/services/data/v59.0/sobjects/Account",
+                json={"Name": "Committed, never answered"},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                timeout=0.2,
+            )
+        assert [a["Name"] for a in running.store.rows("Account")] == ["Committed, never answered"]
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 3, "stopping must not wait out the 30 s hold"
+
+
+def test_after_commit_needs_an_error_or_a_hold(server: SandboxServer) -> None:
+    with pytest.raises(ValueError, match="after_commit needs"):
+        FaultRule(after_commit=True)
+    control = f"{server.url}/__sandbox__/faults"
+    refused = requests.post(control, json={"after_commit": True}, timeout=5)
+    assert refused.status_code == 400 and "after_commit needs" in refused.json()["error"]
+    hold = {"after_commit": True, "delay_seconds": 1, "path_contains": "/never-matches"}
+    [rule] = requests.post(control, json=hold, timeout=5).json()["rules"]
+    assert (rule["status"], rule["error_code"], rule["after_commit"]) == (None, None, True)
 
 
 def test_fault_rules_can_be_listed_and_cleared(server: SandboxServer) -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 
 import pytest
 
+from handoff.errors import ConfigError
 from handoff.mail import TransientMailError, smtp_transport
 from handoff.models import ActionKind, ActionStatus
 from handoff.pipeline import RunContext, send_emails
@@ -40,6 +43,10 @@ def transport_to(sink):
     return partial(smtp_transport, sink.host, sink.port, timeout=10)
 
 
+def send(store, settings, transport, run=RUN):
+    return send_emails(store, settings, transport, run, source="salesforce")
+
+
 def delivered_to(sink) -> list[str]:
     return sorted(mail.message["To"].addresses[0].addr_spec for mail in sink.messages)
 
@@ -54,7 +61,7 @@ def state(settings):
 
 def test_a_batch_goes_out_over_one_connection_and_is_kept_on_disk(state, settings, smtp_sink):
     addresses = plan_welcomes(state, settings, 3)
-    counts = send_emails(state, settings, transport_to(smtp_sink), RUN)
+    counts = send(state, settings, transport_to(smtp_sink))
     assert counts["emails_sent"] == 3
     assert smtp_sink.sessions == 1
     assert delivered_to(smtp_sink) == sorted(addresses)
@@ -70,7 +77,7 @@ def test_a_batch_goes_out_over_one_connection_and_is_kept_on_disk(state, setting
     assert len(list(folder.glob("*.eml"))) == 3 and len(list(folder.glob("*.html"))) == 3
     assert all(row["status"] == ActionStatus.DONE for row in state.actions())
     # Again: nothing left to send.
-    assert send_emails(state, settings, transport_to(smtp_sink), RUN)["emails_sent"] == 0
+    assert send(state, settings, transport_to(smtp_sink))["emails_sent"] == 0
     assert len(smtp_sink.messages) == 3
 
 
@@ -80,12 +87,12 @@ def test_a_transient_failure_half_way_then_a_retry_sends_each_message_once(
     addresses = plan_welcomes(state, settings, 4)
     smtp_sink.fail_next(1, code=421, message="4.3.0 Try again later", after=2)
     with pytest.raises(TransientMailError):
-        send_emails(state, settings, transport_to(smtp_sink), RUN)
+        send(state, settings, transport_to(smtp_sink))
     assert len(smtp_sink.messages) == 2
     statuses = [row["status"] for row in state.actions()]
     assert statuses == ["done", "done", "pending", "pending"]
 
-    counts = send_emails(state, settings, transport_to(smtp_sink), RUN)  # Airflow's retry
+    counts = send(state, settings, transport_to(smtp_sink))  # Airflow's retry
     assert counts["emails_sent"] == 2
     assert delivered_to(smtp_sink) == sorted(addresses)
 
@@ -99,14 +106,14 @@ def test_an_unreachable_server_leaves_everything_pending(state, settings, smtp_s
         yield  # pragma: no cover
 
     with pytest.raises(TransientMailError, match="ConnectionRefusedError"):
-        send_emails(state, settings, refused, RUN)
+        send(state, settings, refused)
     assert [row["status"] for row in state.actions()] == ["pending", "pending"]
 
 
 def test_a_permanently_refused_client_is_failed_and_the_batch_goes_on(state, settings, smtp_sink):
     addresses = plan_welcomes(state, settings, 3)
     smtp_sink.reject_recipient(addresses[1])
-    counts = send_emails(state, settings, transport_to(smtp_sink), RUN)
+    counts = send(state, settings, transport_to(smtp_sink))
     assert counts == {"emails_sent": 2, "emails_failed": 1, "emails_unconfirmed": 0}
     failed = [row for row in state.actions() if row["status"] == ActionStatus.FAILED]
     assert len(failed) == 1
@@ -115,16 +122,65 @@ def test_a_permanently_refused_client_is_failed_and_the_batch_goes_on(state, set
     assert addresses[1] in failed[0]["reason"] and "550" in failed[0]["reason"]
 
 
-def test_an_email_in_flight_when_an_attempt_died_is_never_resent(state, settings, smtp_sink):
+def test_after_a_crash_only_the_email_handed_to_the_server_is_held(state, settings, smtp_sink):
+    plan_welcomes(state, settings, 3)
+    # The previous try of this task instance claimed three rows, handed the first one's content
+    # to the server, and died before recording anything.
+    claimed = state.claim("salesforce", ActionKind.EMAIL, WORKER, limit=10)
+    state.mark_attempted([claimed[0]["dedupe_key"]], WORKER)
+
+    counts = send(state, settings, transport_to(smtp_sink))
+
+    assert counts == {"emails_sent": 2, "emails_failed": 0, "emails_unconfirmed": 1}
+    assert len(smtp_sink.messages) == 2, "the two never attempted went out"
+    held = state.actions(dedupe_key=claimed[0]["dedupe_key"])[0]
+    assert held["status"] == ActionStatus.UNCONFIRMED
+    assert "Message-ID <handoff." in held["reason"] and held["deal_id"] in held["reason"]
+
+
+def test_smtp_accepted_then_dropped_before_the_reply_is_never_sent_twice(
+    state, settings, smtp_sink
+):
+    addresses = plan_welcomes(state, settings, 3)
+    smtp_sink.drop_after_accept(1, after=1)
+
+    with pytest.raises(TransientMailError, match="dropped"):
+        send(state, settings, transport_to(smtp_sink))
+    statuses = [row["status"] for row in state.actions()]
+    assert statuses == ["done", "unconfirmed", "pending"]
+
+    counts = send(state, settings, transport_to(smtp_sink))  # Airflow's retry
+    assert counts == {"emails_sent": 1, "emails_failed": 0, "emails_unconfirmed": 0}
+    assert delivered_to(smtp_sink) == sorted(addresses), "each client got exactly one copy"
+    message_ids = [mail.message["Message-ID"] for mail in smtp_sink.messages]
+    assert len(message_ids) == len(set(message_ids)) == 3
+
+
+def test_a_missing_templates_folder_fails_before_anything_is_claimed(state, settings, smtp_sink):
     plan_welcomes(state, settings, 2)
-    # The previous try of this task instance claimed the batch and died before recording.
-    state.claim(ActionKind.EMAIL, WORKER)
-    counts = send_emails(state, settings, transport_to(smtp_sink), RUN)
-    assert counts["emails_unconfirmed"] == 2 and counts["emails_sent"] == 0
+    broken = settings.model_copy(
+        update={"output": settings.output.model_copy(update={"templates_dir": Path("/nowhere")})}
+    )
+    with pytest.raises(ConfigError, match="templates folder /nowhere does not exist"):
+        send(state, broken, transport_to(smtp_sink))
+    assert [(r["status"], r["attempts"]) for r in state.actions()] == [("pending", 0)] * 2
+    assert smtp_sink.sessions == 0
+
+
+def test_a_template_that_breaks_while_rendering_fails_nothing(state, settings, smtp_sink, tmp_path):
+    plan_welcomes(state, settings, 2)
+    templates = tmp_path / "templates"
+    shutil.copytree(settings.output.templates_dir, templates)
+    body = templates / "welcome" / "body.txt.j2"
+    body.write_text(body.read_text().replace("{{ contact_first_name }}", "{{ no_such_variable }}"))
+    broken = settings.model_copy(
+        update={"output": settings.output.model_copy(update={"templates_dir": templates})}
+    )
+    with pytest.raises(ConfigError, match="no_such_variable"):
+        send(state, broken, transport_to(smtp_sink))
+    assert [r["status"] for r in state.actions()] == ["pending", "pending"]
     assert smtp_sink.messages == []
-    row = state.actions()[0]
-    assert row["status"] == ActionStatus.UNCONFIRMED
-    assert "Message-ID <handoff." in row["reason"] and row["deal_id"] in row["reason"]
+    assert send(state, settings, transport_to(smtp_sink))["emails_sent"] == 2
 
 
 def test_concurrent_runs_send_each_email_once(settings, smtp_sink):
@@ -140,7 +196,7 @@ def test_concurrent_runs_send_each_email_once(settings, smtp_sink):
         barrier.wait()
         try:
             context = replace(RUN, run_id=f"run-{n}", worker=f"dag/run-{n}/send_emails")
-            send_emails(store, settings, transport_to(smtp_sink), context)
+            send(store, settings, transport_to(smtp_sink), context)
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
         finally:
@@ -155,17 +211,24 @@ def test_concurrent_runs_send_each_email_once(settings, smtp_sink):
     assert delivered_to(smtp_sink) == sorted(addresses)
 
 
-def test_a_stale_claim_from_another_worker_is_held_not_resent(state, settings, smtp_sink):
-    plan_welcomes(state, settings, 1)
-    state.claim(ActionKind.EMAIL, "dag/old-run/send_emails")
-    assert send_emails(state, settings, transport_to(smtp_sink), RUN)["emails_unconfirmed"] == 0
-    # Once the other worker's lease has expired, the row is held for a person to check.
+def test_a_stale_claim_from_another_worker_waits_for_its_lease(state, settings, smtp_sink):
+    plan_welcomes(state, settings, 2)
+    other = "dag/old-run/send_emails"
+    claimed = state.claim("salesforce", ActionKind.EMAIL, other, limit=10)
+    state.mark_attempted([claimed[0]["dedupe_key"]], other)
+    assert send(state, settings, transport_to(smtp_sink)) == {
+        "emails_sent": 0,
+        "emails_failed": 0,
+        "emails_unconfirmed": 0,
+    }
+    # Once the other worker's lease has expired: the attempted row is held for a person to
+    # check, the one it never attempted goes out.
     with state.engine.begin() as conn:
         from sqlalchemy import update
 
         from handoff.state.schema import outbox
 
         conn.execute(update(outbox).values(claimed_at=datetime.now(UTC) - timedelta(hours=2)))
-    counts = send_emails(state, settings, transport_to(smtp_sink), RUN)
-    assert counts["emails_unconfirmed"] == 1
-    assert smtp_sink.messages == []
+    counts = send(state, settings, transport_to(smtp_sink))
+    assert (counts["emails_unconfirmed"], counts["emails_sent"]) == (1, 1)
+    assert len(smtp_sink.messages) == 1

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
+import re
 import select
 import signal
 import smtplib
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import default as default_policy
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from handoff.smtp_sink import SmtpSink, load_maildir
+from handoff.smtp_sink import HeldReply, SmtpSink, load_maildir
 
 # Warnings from aiosmtpd (deprecated loop APIs, missing settings) must fail these tests.
 pytestmark = pytest.mark.filterwarnings("error")
@@ -45,6 +49,38 @@ def sink() -> Iterator[SmtpSink]:
 
 def _client(sink: SmtpSink) -> smtplib.SMTP:
     return smtplib.SMTP(sink.host, sink.port, timeout=5)
+
+
+def _wire(msg: EmailMessage) -> bytes:
+    """The message as DATA payload (CRLF), the way ``send_message`` puts it on the wire."""
+    return msg.as_bytes(policy=default_policy.clone(linesep="\r\n"))
+
+
+def _data_reply(sink: SmtpSink, subject: str) -> tuple[int, bytes]:
+    """Send one message on a fresh connection; return the reply to DATA itself."""
+    with _client(sink) as smtp:
+        smtp.ehlo()
+        smtp.mail(SENDER)
+        smtp.rcpt("ada@example.com")
+        return smtp.data(_wire(_message(subject)))
+
+
+def _start_data_then_wait(smtp: smtplib.SMTP, held: HeldReply, subject: str) -> None:
+    """Send a whole DATA without reading the reply, and wait until the sink stored it."""
+    smtp.ehlo()
+    smtp.mail(SENDER)
+    smtp.rcpt("ada@example.com")
+    smtp.putcmd("data")
+    assert smtp.getreply()[0] == 354
+    payload = re.sub(rb"(?m)^\.", b"..", _wire(_message(subject)))  # dot-stuffing
+    smtp.send(payload + b".\r\n")
+    assert held.wait_arrived(timeout=2)
+
+
+def _assert_nothing_logged_above_info(caplog: pytest.LogCaptureFixture) -> None:
+    gc.collect()  # asyncio logs "Task exception was never retrieved" only when collected
+    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert loud == []
 
 
 def test_port_zero_binds_a_real_port(sink: SmtpSink) -> None:
@@ -195,6 +231,123 @@ def test_rejects_meaningless_faults(sink: SmtpSink) -> None:
         sink.fail_next(code=250)
     with pytest.raises(ValueError, match="4xx or 5xx"):
         sink.reject_recipient("x@example.com", code=250)
+    with pytest.raises(ValueError, match="n must be"):
+        sink.drop_after_accept(n=0)
+    with pytest.raises(ValueError, match="after must be"):
+        sink.drop_after_accept(after=-1)
+    with pytest.raises(ValueError, match="after must be"):
+        sink.hold_next(after=-1)
+
+
+def test_drop_after_accept_stores_but_never_replies(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with SmtpSink(tmp_path) as sink:
+        sink.drop_after_accept()
+        with _client(sink) as smtp, pytest.raises(smtplib.SMTPServerDisconnected):
+            smtp.send_message(_message("accepted, reply lost"))
+
+        assert [m["Subject"] for m in sink.messages] == ["accepted, reply lost"]
+        assert [m["Subject"] for m in load_maildir(tmp_path)] == ["accepted, reply lost"]
+
+        with _client(sink) as smtp:
+            assert smtp.send_message(_message("next connection")) == {}
+        assert [m["Subject"] for m in sink.messages] == ["accepted, reply lost", "next connection"]
+        assert sink.sessions == 2
+    _assert_nothing_logged_above_info(caplog)
+
+
+def test_drop_after_accept_lets_after_through_and_counts_down(sink: SmtpSink) -> None:
+    sink.drop_after_accept(n=2, after=1)
+    with _client(sink) as smtp:
+        smtp.send_message(_message("one"))
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            smtp.send_message(_message("two"))
+    with _client(sink) as smtp, pytest.raises(smtplib.SMTPServerDisconnected):
+        smtp.send_message(_message("three"))
+    with _client(sink) as smtp:
+        smtp.send_message(_message("four"))
+    assert [m["Subject"] for m in sink.messages] == ["one", "two", "three", "four"]
+    assert sink.sessions == 3
+
+
+def test_faults_share_one_queue_in_call_order(sink: SmtpSink) -> None:
+    sink.fail_next(code=451)
+    sink.drop_after_accept()
+    held = sink.hold_next()
+    with _client(sink) as smtp:
+        with pytest.raises(smtplib.SMTPDataError):
+            smtp.send_message(_message("deferred"))
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            smtp.send_message(_message("dropped"))
+    held.release()  # released before it is reached: the third message just goes through
+    assert _data_reply(sink, "held, already released") == (250, b"OK")
+    assert held.arrived.is_set() and held.finished.is_set()
+    assert [m["Subject"] for m in sink.messages] == ["dropped", "held, already released"]
+
+
+def test_hold_next_holds_the_reply_until_release(sink: SmtpSink) -> None:
+    held = sink.hold_next(after=1)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(_data_reply, sink, "goes through")
+        assert first.result(timeout=2) == (250, b"OK")
+        assert not held.arrived.is_set(), "after=1 must let the first message through"
+
+        blocked = pool.submit(_data_reply, sink, "held")
+        assert held.wait_arrived(timeout=2)
+        assert [m["Subject"] for m in sink.messages] == ["goes through", "held"]
+        time.sleep(0.1)
+        assert not blocked.done(), "the client must still be waiting for its reply"
+        assert not held.finished.is_set()
+
+        # The held session must not stall the sink for anyone else.
+        with _client(sink) as other:
+            other.send_message(_message("meanwhile"))
+
+        held.release()
+        assert blocked.result(timeout=2) == (250, b"OK")
+    assert held.finished.is_set()
+    assert [m["Subject"] for m in sink.messages] == ["goes through", "held", "meanwhile"]
+
+
+def test_stop_releases_a_held_reply_promptly() -> None:
+    sink = SmtpSink().start()
+    held = sink.hold_next()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            blocked = pool.submit(_data_reply, sink, "held at shutdown")
+            assert held.wait_arrived(timeout=2)
+            started = time.monotonic()
+            sink.stop()
+            assert time.monotonic() - started < 1
+            assert held.released
+        finally:
+            sink.stop()
+        # Released or cut off by the shutdown (a race), the client must not be left hanging.
+        error = blocked.exception(timeout=1)
+        if error is None:
+            assert blocked.result() == (250, b"OK")
+        else:
+            assert isinstance(error, smtplib.SMTPServerDisconnected)
+    assert [m["Subject"] for m in sink.messages] == ["held at shutdown"]
+
+
+def test_client_gone_while_held_leaves_the_sink_healthy(
+    sink: SmtpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    held = sink.hold_next()
+    smtp = _client(sink)
+    try:
+        _start_data_then_wait(smtp, held, "sender died waiting")
+    finally:
+        smtp.close()  # the sender's process dies with the reply outstanding
+
+    assert held.finished.wait(timeout=1), "the sink must notice the client is gone"
+    assert not held.released
+    with _client(sink) as smtp:
+        smtp.send_message(_message("next sender"))
+    assert [m["Subject"] for m in sink.messages] == ["sender died waiting", "next sender"]
+    _assert_nothing_logged_above_info(caplog)
 
 
 def test_wait_for_messages_times_out_clearly(sink: SmtpSink) -> None:
@@ -216,6 +369,19 @@ def test_full_lifecycle_emits_no_warnings(tmp_path: Path) -> None:
                 smtp.send_message(_message())
             with _client(sink) as smtp:
                 smtp.send_message(_message(), to_addrs=["gone@example.com", "a@example.com"])
+            sink.drop_after_accept()
+            with _client(sink) as smtp, pytest.raises(smtplib.SMTPServerDisconnected):
+                smtp.send_message(_message())
+            # No QUIT on these two: it would only be read once the held reply is out.
+            held = sink.hold_next()
+            smtp = _client(sink)
+            _start_data_then_wait(smtp, held, "held, then the client hangs up")
+            smtp.close()
+            assert held.finished.wait(timeout=1)
+            held = sink.hold_next()
+            smtp = _client(sink)
+            _start_data_then_wait(smtp, held, "held while the sink stops")
+        smtp.close()
         gc.collect()  # surface ResourceWarnings for unclosed transports or loops
     assert [str(w.message) for w in caught] == []
 

@@ -14,6 +14,7 @@ from handoff.state import StateStore
 from handoff.state.store import MIGRATIONS
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+TASK = ActionKind.TASK
 
 
 def action(deal_id: str, step: str = "welcome_email", kind=ActionKind.EMAIL) -> PlannedAction:
@@ -36,7 +37,7 @@ def deal_row(deal_id: str, *, won_at=T0, is_won=True, modstamp=T0) -> dict:
 
 def test_migrate_is_idempotent_and_matches_the_models(store):
     store.migrate()
-    assert store.current_revision() == "0001"
+    assert store.current_revision() == "0002"
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with store.engine.begin() as conn:
@@ -95,6 +96,20 @@ def test_an_action_is_recorded_once_whatever_the_replans(store):
     assert len(store.issues()) == 1
 
 
+def test_every_data_problem_of_a_deal_is_recorded_not_only_the_first_of_its_kind(store):
+    issues = [
+        DealIssue("salesforce", "006A", field, "control_characters", f"deal 006A: {field}")
+        for field in ("Contact.FirstName", "Contact.Name", "Account.Name")
+    ]
+    store.record_plan("salesforce", "006A", [action("006A")], issues, "run-1")
+    store.record_plan("salesforce", "006A", [action("006A")], issues, "run-2")
+    assert sorted(i["field"] for i in store.issues()) == [
+        "Account.Name",
+        "Contact.FirstName",
+        "Contact.Name",
+    ]
+
+
 def test_claims_by_concurrent_workers_never_overlap(store_url):
     setup = StateStore(store_url)
     setup.migrate()
@@ -109,8 +124,9 @@ def test_claims_by_concurrent_workers_never_overlap(store_url):
     def worker(name: str) -> None:
         own = StateStore(store_url)
         barrier.wait()
-        claimed, _ = own.claim(ActionKind.EMAIL, name)
-        results[name] = [row["dedupe_key"] for row in claimed]
+        keys = results.setdefault(name, [])
+        while batch := own.claim("salesforce", ActionKind.EMAIL, name, limit=7):
+            keys += [row["dedupe_key"] for row in batch]
         own.dispose()
 
     threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
@@ -123,32 +139,97 @@ def test_claims_by_concurrent_workers_never_overlap(store_url):
     assert len(everything) == len(set(everything))
 
 
-def test_rows_left_in_flight_by_a_dead_attempt_are_handed_back_as_orphans(store):
+def test_claims_are_scoped_by_source_and_kind_and_taken_oldest_first(store):
+    store.record_plan("salesforce", "006A", [action("006A"), action("006A", "t", TASK)], [], "r")
+    other = PlannedAction("hubspot", "9001", "welcome_email", ActionKind.EMAIL, payload={})
+    store.record_plan("hubspot", "9001", [other], [], "r")
+    store.record_plan("salesforce", "006B", [action("006B")], [], "r")
+    claimed = store.claim("salesforce", ActionKind.EMAIL, "w", limit=10)
+    assert [r["dedupe_key"] for r in claimed] == [
+        "salesforce:006A:welcome_email",
+        "salesforce:006B:welcome_email",
+    ]
+    assert store.has_pending("hubspot", ActionKind.EMAIL)
+    assert [r["dedupe_key"] for r in store.claim("salesforce", TASK, "w", limit=10)] == [
+        "salesforce:006A:t"
+    ]
+
+
+def test_a_dead_attempt_gives_back_what_it_never_attempted_and_hands_over_the_rest(store):
+    for deal_id in ("006A", "006B", "006C"):
+        store.record_plan("salesforce", deal_id, [action(deal_id)], [], "run-1")
+    worker = "dag/run-1/send"
+    claimed = store.claim("salesforce", ActionKind.EMAIL, worker, limit=10)
+    assert len(claimed) == 3
+    store.finish("salesforce:006A:welcome_email", worker, ActionStatus.DONE, "run-1")
+    assert store.mark_attempted(["salesforce:006B:welcome_email"], worker) == {
+        "salesforce:006B:welcome_email"
+    }
+    # The attempt dies here: B was handed over, C never was.
+    lease = timedelta(minutes=10)
+    # Another worker leaves a live lease alone...
+    assert store.take_over_stale("salesforce", ActionKind.EMAIL, "dag/run-2/send", lease) == []
+    assert store.claim("salesforce", ActionKind.EMAIL, "dag/run-2/send", limit=10) == []
+    # ...but the retry of the same task instance knows the previous try is dead.
+    orphans = store.take_over_stale("salesforce", ActionKind.EMAIL, worker, lease)
+    assert [row["dedupe_key"] for row in orphans] == ["salesforce:006B:welcome_email"]
+    again = store.claim("salesforce", ActionKind.EMAIL, worker, limit=10)
+    assert [row["dedupe_key"] for row in again] == ["salesforce:006C:welcome_email"]
+    assert again[0]["attempts"] == 2
+
+
+def test_an_expired_lease_lets_another_worker_take_over(store):
     store.record_plan("salesforce", "006A", [action("006A")], [], "run-1")
     store.record_plan("salesforce", "006B", [action("006B")], [], "run-1")
-    claimed, orphaned = store.claim(ActionKind.EMAIL, "dag/run-1/send")
-    assert len(claimed) == 2 and orphaned == []
-    store.finish("salesforce:006A:welcome_email", "dag/run-1/send", ActionStatus.DONE, "run-1")
-    # The attempt dies here. Another worker does not touch the row before the lease ends...
-    assert store.claim(ActionKind.EMAIL, "dag/run-2/send") == ([], [])
-    # ...but the retry of the same task instance knows the previous try is dead.
-    claimed, orphaned = store.claim(ActionKind.EMAIL, "dag/run-1/send")
-    assert claimed == []
-    assert [row["dedupe_key"] for row in orphaned] == ["salesforce:006B:welcome_email"]
+    store.claim("salesforce", ActionKind.EMAIL, "dead-worker", limit=10)
+    store.mark_attempted(["salesforce:006A:welcome_email"], "dead-worker")
+    expired = timedelta(seconds=-1)
+    orphans = store.take_over_stale("salesforce", ActionKind.EMAIL, "new-worker", expired)
+    assert [(r["dedupe_key"], r["claimed_by"]) for r in orphans] == [
+        ("salesforce:006A:welcome_email", "new-worker")
+    ]
+    [fresh] = store.claim("salesforce", ActionKind.EMAIL, "new-worker", limit=10)
+    assert fresh["dedupe_key"] == "salesforce:006B:welcome_email"
+    # The stalled worker wakes up: it can neither attempt nor record what it no longer holds.
+    assert store.mark_attempted(["salesforce:006B:welcome_email"], "dead-worker") == set()
+    assert not store.finish(
+        "salesforce:006A:welcome_email", "dead-worker", ActionStatus.DONE, "run-1"
+    )
 
 
-def test_an_expired_lease_frees_orphans_for_another_worker(store):
+def test_only_the_claiming_worker_may_record_or_release(store):
     store.record_plan("salesforce", "006A", [action("006A")], [], "run-1")
-    store.claim(ActionKind.EMAIL, "dead-worker")
-    _, orphaned = store.claim(ActionKind.EMAIL, "new-worker", lease=timedelta(seconds=-1))
-    assert [row["claimed_by"] for row in orphaned] == ["new-worker"]
+    store.claim("salesforce", ActionKind.EMAIL, "w1", limit=10)
+    assert not store.finish("salesforce:006A:welcome_email", "w2", ActionStatus.DONE, "run-1")
+    store.release(["salesforce:006A:welcome_email"], "w2")
+    assert store.actions()[0]["status"] == ActionStatus.IN_FLIGHT
+    store.release(["salesforce:006A:welcome_email"], "w1", reason="SMTP 421")
+    [row] = store.actions()
+    assert (row["status"], row["claimed_by"], row["reason"]) == ("pending", None, "SMTP 421")
 
 
-def test_only_the_claiming_worker_may_record_an_outcome(store):
-    store.record_plan("salesforce", "006A", [action("006A")], [], "run-1")
-    store.claim(ActionKind.EMAIL, "w1")
-    with pytest.raises(RuntimeError, match="no longer claimed by w2"):
-        store.finish("salesforce:006A:welcome_email", "w2", ActionStatus.DONE, "run-1")
+def test_upgrading_an_old_store_treats_rows_it_left_in_flight_as_attempted(store_url):
+    from sqlalchemy import text
+
+    old = StateStore(store_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with old.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        conn.execute(
+            text(
+                "INSERT INTO handoff_outbox (dedupe_key, source, deal_id, step, kind, status, "
+                "payload, attempts, claimed_by, claimed_at, planned_run, created_at, updated_at) "
+                "VALUES ('k', 'salesforce', '006A', 's', 'email', 'in_flight', '{}', 1, 'old', "
+                ":at, 'r', :at, :at)"
+            ),
+            {"at": T0},
+        )
+    old.migrate()
+    [row] = old.actions()
+    assert row["attempted_at"] == T0, "an old in-flight row may have had its effect"
+    old.dispose()
 
 
 def test_deals_that_leave_closed_won_stop_and_their_pending_steps_cancel(store):

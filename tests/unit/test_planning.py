@@ -15,7 +15,7 @@ from handoff.planning import (
     plan_deal,
     task_from_payload,
 )
-from tests.builders import CONTACT, CSM, make_deal
+from tests.builders import CONTACT, CSM, REP, make_deal
 
 
 def by_step(actions):
@@ -42,7 +42,7 @@ def test_a_clean_large_deal_gets_a_welcome_and_two_tasks(settings):
     assert first.remind_at.isoformat() == "2026-11-20T19:30:00+00:00"  # won 15:30 + 4 h
     assert first.due_date == date(2026, 11, 20)
     assert first.subject == "First CS contact (due within 4 h): Analytical Engines Ltd"
-    assert "Handoff key: salesforce:006000000000001AAA:first_cs_contact" in first.description
+    assert first.dedupe_key == "salesforce:006000000000001AAA:first_cs_contact"
     meeting = task_from_payload(steps[HANDOFF_MEETING].payload)
     assert meeting.due_date == date(2026, 11, 22)
     assert meeting.dedupe_key == "salesforce:006000000000001AAA:internal_handoff_meeting"
@@ -107,7 +107,7 @@ BAD_INPUT = [
     (
         {"owner": None, "csm": None},
         FIRST_CS_CONTACT,
-        "Customer_Success_Manager__c: the deal has neither a CSM nor an owner",
+        "Customer_Success_Manager__c: the deal has neither an active CSM nor an active owner",
     ),
 ]
 
@@ -148,7 +148,7 @@ def test_missing_csm_assigns_the_first_contact_to_the_rep_and_says_so(settings):
     actions, _ = plan_deal(make_deal(csm=None), settings)
     first = by_step(actions)[FIRST_CS_CONTACT]
     assert first.payload["owner_id"] == "005000000000001AAA"
-    assert "No CSM is set on the deal (Customer_Success_Manager__c)" in first.payload["description"]
+    assert "No active CSM on the deal (Customer_Success_Manager__c)" in first.payload["description"]
 
 
 def test_null_amount_is_recorded_as_an_issue(settings):
@@ -162,7 +162,11 @@ def test_a_line_break_in_a_name_never_reaches_a_header(settings):
     welcome = by_step(actions)[WELCOME_EMAIL].payload
     assert welcome["to"]["name"] == "Gavin Bcc: attacker@evil.example Lovelace"
     assert welcome["context"]["contact_first_name"] == "Gavin Bcc: attacker@evil.example"
-    assert {i.code for i in issues} == {"control_characters"}
+    # Every field that carried the problem is recorded, not only the first of its kind.
+    assert {(i.field, i.code) for i in issues} == {
+        ("Contact.FirstName", "control_characters"),
+        ("Contact.Name", "control_characters"),
+    }
     assert all("\n" not in i.reason for i in issues)
 
 
@@ -178,3 +182,58 @@ def test_every_action_has_a_stable_dedupe_key(settings):
     again, _ = plan_deal(make_deal(), settings)
     assert [a.dedupe_key for a in first] == [a.dedupe_key for a in again]
     assert {a.kind for a in first} == {ActionKind.EMAIL, ActionKind.TASK}
+
+
+def test_an_inactive_csm_counts_as_missing_for_the_client_and_the_tasks(settings):
+    inactive = replace(CSM, is_active=False)
+    actions, issues = plan_deal(make_deal(csm=inactive), settings)
+    steps = by_step(actions)
+    assert steps[FIRST_CS_CONTACT].payload["owner_id"] == REP.id
+    assert steps[HANDOFF_MEETING].payload["owner_id"] == REP.id
+    welcome = steps[WELCOME_EMAIL].payload
+    assert welcome["context"]["csm_name"] is None, "never introduced to the client"
+    assert [cc["email"] for cc in welcome["cc"]] == [REP.email]
+    [issue] = issues
+    assert (issue.field, issue.code) == ("Customer_Success_Manager__c", "inactive_csm")
+    assert CSM.id in issue.reason and "inactive user" in issue.reason
+
+
+def test_the_email_names_as_copied_only_the_people_who_are(settings):
+    actions, issues = plan_deal(
+        make_deal(owner=replace(REP, email="riley\r\nBcc: x@evil.example")), settings
+    )
+    welcome = by_step(actions)[WELCOME_EMAIL].payload
+    assert welcome["context"]["rep_name"] is None
+    assert [cc["email"] for cc in welcome["cc"]] == [CSM.email]
+    assert [(i.field, i.code) for i in issues] == [("Owner.Email", "invalid_email")]
+
+
+def test_a_csm_address_with_a_line_break_is_reported_by_field(settings):
+    csm = replace(CSM, email="casey.csm@seller.example\r\nBcc: attacker@evil.example")
+    actions, issues = plan_deal(make_deal(csm=csm), settings)
+    [issue] = issues
+    assert issue.field == "Customer_Success_Manager__r.Email"
+    assert issue.reason.startswith("deal 006000000000001AAA (")
+    welcome = by_step(actions)[WELCOME_EMAIL].payload
+    assert [cc["email"] for cc in welcome["cc"]] == [REP.email]
+    assert welcome["context"]["csm_email"] is None
+    assert by_step(actions)[FIRST_CS_CONTACT].payload["owner_id"] == CSM.id, "still owns tasks"
+
+
+def test_bidirectional_marks_never_reach_the_client_or_a_task_subject(settings):
+    account = "Acme \u202egnp.exe\u202c Corp"
+    contact = replace(CONTACT, first_name="Zo\u00eb\u2066")
+    actions, issues = plan_deal(make_deal(account_name=account, primary_contact=contact), settings)
+    steps = by_step(actions)
+    text = repr(steps[WELCOME_EMAIL].payload) + steps[FIRST_CS_CONTACT].payload["subject"]
+    assert not any(mark in text for mark in ("\u202e", "\u202c", "\u2066"))
+    assert steps[WELCOME_EMAIL].payload["context"]["account_name"] == "Acme gnp.exe Corp"
+    assert {i.field for i in issues} == {"Account.Name", "Contact.FirstName", "Contact.Name"}
+
+
+def test_a_negative_amount_is_reported_and_treated_as_not_set(settings):
+    actions, issues = plan_deal(make_deal(amount=-5000.0), settings)
+    assert [(i.field, i.code) for i in issues] == [("Amount", "negative_amount")]
+    assert "-5,000.00" in issues[0].reason
+    meeting = by_step(actions)[HANDOFF_MEETING]
+    assert meeting.status == ActionStatus.SKIPPED and "Amount" in meeting.reason

@@ -1,4 +1,8 @@
-"""The interface every CRM connector implements, so the pipeline never names a CRM."""
+"""The interface every CRM connector implements, so the pipeline never names a CRM.
+
+Connectors also translate their library's failures into the outcome classes below, because
+what the dispatcher may do next depends only on that: retry as is, settle by lookup, or stop.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Protocol
 
 import pandas as pd
 
+from handoff.errors import FatalError, HandoffError
 from handoff.models import Contact, CrmTask, WriteResult
 
 # Columns of the normalised deal frame every connector yields (one row a deal).
@@ -33,8 +38,23 @@ DEAL_COLUMNS = [
 ]
 
 
-class CrmError(RuntimeError):
-    """A CRM call failed in a way the caller cannot fix by retrying the same request."""
+class CrmError(HandoffError):
+    """A CRM call failed."""
+
+
+class CrmUnavailable(CrmError):
+    """The CRM did not do it, provably (throttled, unreachable): the same call may be retried."""
+
+
+class CrmFatalError(CrmError, FatalError):
+    """Retrying cannot help (expired session, daily API limit, missing field or permission)."""
+
+
+class WriteOutcomeUnknown(CrmError):
+    """A write went out and no answer says whether it happened (5xx, dropped, timed out).
+
+    Never re-send it as is: look the records up by their dedupe key and write only the missing.
+    """
 
 
 class CrmClient(Protocol):
@@ -42,10 +62,11 @@ class CrmClient(Protocol):
 
     source: str
     handoff_fields: dict[str, str]
+    write_batch_size: int  # the most records one batch write call accepts
 
     @property
     def api_calls(self) -> int:
-        """HTTP requests made so far (for the run summary and the API budget)."""
+        """HTTP requests that reached the CRM so far, transport retries included."""
 
     def iter_changed_deals(self, since: datetime | None, until: datetime) -> Iterator[pd.DataFrame]:
         """Deals modified in ``[since, until)`` (deleted ones included), one frame a page.
@@ -57,8 +78,15 @@ class CrmClient(Protocol):
     def primary_contacts(self, deal_ids: Sequence[str]) -> dict[str, Contact]:
         """The primary contact of each deal that has one."""
 
-    def create_tasks(self, tasks: Sequence[CrmTask]) -> list[WriteResult]:
-        """Create tasks in batches; one result per task, in order; per-record failures kept."""
+    def check_task_setup(self) -> None:
+        """Raise :class:`CrmFatalError` if tasks cannot be written and found as configured."""
 
-    def find_tasks(self, tasks: Sequence[CrmTask]) -> dict[str, str]:
-        """Tasks already in the CRM for these dedupe keys: ``{dedupe_key: crm_task_id}``."""
+    def create_tasks(self, tasks: Sequence[CrmTask]) -> list[WriteResult]:
+        """Create at most ``write_batch_size`` tasks in one call; one result per task, in order.
+
+        Raises :class:`CrmUnavailable` when nothing was written, :class:`WriteOutcomeUnknown`
+        when the answer was lost.
+        """
+
+    def find_tasks(self, deal_ids: Sequence[str]) -> dict[str, str]:
+        """Tasks on these deals that carry a Handoff Autopilot key: ``{dedupe_key: task_id}``."""

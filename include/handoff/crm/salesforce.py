@@ -5,47 +5,100 @@ until`` ordered by ``SystemModstamp, Id`` in one query stream (``queryAll``, so 
 are seen). ``since`` is the stored watermark minus an overlap; rows whose (Id, SystemModstamp)
 the store already holds are dropped by the caller, so records sharing a timestamp are neither
 missed nor processed twice.
+
+Dedupe keys: Salesforce allows no external-id field on Task, so a task's key goes into a custom
+text field named in config (free text cannot forge it), or, where the org has none, onto the
+last line of the Description, a position only this connector writes. Lines of CRM-supplied text
+that look like a key line are neutralised before anything is written back.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Sequence
+import unicodedata
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from functools import cached_property, partial
+from typing import Any, TypeVar
 
 import pandas as pd
+import requests
 from more_itertools import chunked
 from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import SalesforceError
 
-from handoff.crm.base import DEAL_COLUMNS, CrmError
+from handoff.config import Settings
+from handoff.crm.base import (
+    DEAL_COLUMNS,
+    CrmError,
+    CrmFatalError,
+    CrmUnavailable,
+    WriteOutcomeUnknown,
+)
+from handoff.crm.http import sent_nothing
 from handoff.models import Contact, CrmTask, WriteResult
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 COLLECTION_LIMIT = 200  # sObject Collections take at most 200 records a call
 IN_CLAUSE_CHUNK = 200  # ids per IN (...) list: keeps the query URL well under 16 KB
+DESCRIPTION_LIMIT = 32000  # Task.Description is a long text area of 32,000 characters
 SALESFORCE_ID = re.compile(r"^[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?$")
-DEDUPE_LINE = "Handoff key: "
+KEY_LINE = "Handoff key: "
+TRUNCATED = "[... shortened to fit Salesforce's 32,000-character limit; the rest is on the deal]"
+# Answers after which the org, not the request, must change: stop the run with the message.
+_CONCURRENCY_LIMIT = "ConcurrentPerOrg"
 
 
 class SalesforceCRM:
     """Implements :class:`handoff.crm.base.CrmClient` for Salesforce."""
 
     source = "salesforce"
+    write_batch_size = COLLECTION_LIMIT
 
     def __init__(
-        self, client: Salesforce, *, csm_field: str, handoff_fields: dict[str, str]
+        self,
+        client: Salesforce,
+        *,
+        csm_field: str,
+        handoff_fields: dict[str, str],
+        task_key_field: str | None = None,
     ) -> None:
         self.client = client
         self.csm_field = csm_field
         self.csm_relationship = csm_field.removesuffix("__c") + "__r"
         self.handoff_fields = dict(handoff_fields)
+        self.task_key_field = task_key_field or None
+
+    @classmethod
+    def from_settings(cls, client: Salesforce, settings: Settings) -> SalesforceCRM:
+        """The connector with the org's field names from the validated configuration."""
+        org = settings.salesforce
+        return cls(
+            client,
+            csm_field=org.csm_field,
+            handoff_fields=org.handoff_fields.model_dump(),
+            task_key_field=org.task_key_field,
+        )
 
     @property
     def api_calls(self) -> int:
         return int(getattr(self.client.session, "requests_made", 0))
+
+    def _call(self, what: str, call: Callable[[], T], *, write: bool = False) -> T:
+        """Run one API call, turning the library's failures into the pipeline's outcomes."""
+        try:
+            return call()
+        except SalesforceError as exc:
+            raise _outcome(exc, what, write=write) from exc
+        except requests.RequestException as exc:
+            detail = f"Salesforce did not answer {what}: {type(exc).__name__}"
+            if write and not sent_nothing(exc):
+                raise WriteOutcomeUnknown(f"{detail}; the request went out") from exc
+            raise CrmUnavailable(detail) from exc
 
     # -- extraction ----------------------------------------------------------------------------
 
@@ -88,14 +141,21 @@ class SalesforceCRM:
 
     def _pages(self, soql: str, *, include_deleted: bool) -> Iterator[list[dict[str, Any]]]:
         """Follow ``nextRecordsUrl`` until ``done``: one query stream, page by page."""
-        result = self.client.query(soql, include_deleted=include_deleted)
+        what = "a query on " + soql.split(" FROM ", 1)[-1].split(" ", 1)[0]
+        result = self._call(what, lambda: self.client.query(soql, include_deleted=include_deleted))
         while True:
             if result.get("records"):
                 yield result["records"]
             if result.get("done", True):
                 return
-            result = self.client.query_more(
-                result["nextRecordsUrl"], identifier_is_url=True, include_deleted=include_deleted
+            result = self._call(
+                what,
+                partial(
+                    self.client.query_more,
+                    result["nextRecordsUrl"],
+                    identifier_is_url=True,
+                    include_deleted=include_deleted,
+                ),
             )
 
     def _deal_frame(self, records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -160,36 +220,62 @@ class SalesforceCRM:
 
     # -- write-back ----------------------------------------------------------------------------
 
-    def create_tasks(self, tasks: Sequence[CrmTask]) -> list[WriteResult]:
-        results: list[WriteResult] = []
-        for batch in chunked(list(tasks), COLLECTION_LIMIT):
-            body = {"allOrNone": False, "records": [self._task_record(t) for t in batch]}
-            answers = self.client.restful("composite/sobjects", method="POST", json=body)
-            if not isinstance(answers, list) or len(answers) != len(batch):
-                raise CrmError(
-                    f"Salesforce answered {len(batch)} task records with {answers!r}; "
-                    "expected one result per record"
-                )
-            for task, answer in zip(batch, answers, strict=True):
-                results.append(_write_result(task, answer))
-        return results
+    @cached_property
+    def _task_fields(self) -> dict[str, dict[str, Any]]:
+        described = self._call("describing Task", lambda: self.client.Task.describe())
+        return {field["name"].lower(): field for field in described.get("fields", [])}
 
-    def find_tasks(self, tasks: Sequence[CrmTask]) -> dict[str, str]:
-        wanted = {t.dedupe_key for t in tasks}
+    def check_task_setup(self) -> None:
+        """The key field named in config exists on Task and can be written and filtered."""
+        if self.task_key_field is None:
+            return
+        field = self._task_fields.get(self.task_key_field.lower())
+        if field is None or not field.get("createable") or not field.get("filterable"):
+            state = "does not exist" if field is None else "is not writable and filterable"
+            raise CrmFatalError(
+                f"the Salesforce field Task.{self.task_key_field} (setting "
+                f"[salesforce].task_key_field) {state} for this user: create it as a Text(255) "
+                "custom activity field visible to the integration user, or set task_key_field "
+                '= "" to keep dedupe keys on the last line of the Description'
+            )
+
+    def create_tasks(self, tasks: Sequence[CrmTask]) -> list[WriteResult]:
+        if len(tasks) > COLLECTION_LIMIT:
+            raise ValueError(f"{len(tasks)} tasks in one call; the limit is {COLLECTION_LIMIT}")
+        if not tasks:
+            return []
+        body = {"allOrNone": False, "records": [self._task_record(t) for t in tasks]}
+        answers = self._call(
+            f"writing {len(tasks)} tasks",
+            lambda: self.client.restful("composite/sobjects", method="POST", json=body),
+            write=True,
+        )
+        if not isinstance(answers, list) or len(answers) != len(tasks):
+            raise WriteOutcomeUnknown(
+                f"Salesforce answered {len(tasks)} task records with {str(answers)[:200]}; "
+                "expected one result per record"
+            )
+        return [_write_result(task, answer) for task, answer in zip(tasks, answers, strict=True)]
+
+    def find_tasks(self, deal_ids: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
-        deal_ids = sorted({_checked_id(t.deal_id) for t in tasks})
-        for chunk in chunked(deal_ids, IN_CLAUSE_CHUNK):
+        key_field = self.task_key_field
+        columns = f"Id, {key_field}" if key_field else "Id, Description"
+        for chunk in chunked(sorted({_checked_id(i) for i in deal_ids}), IN_CLAUSE_CHUNK):
             ids = ", ".join(f"'{deal_id}'" for deal_id in chunk)
-            soql = f"SELECT Id, WhatId, Description FROM Task WHERE WhatId IN ({ids})"
+            where = f"WhatId IN ({ids})" + (f" AND {key_field} != null" if key_field else "")
+            soql = f"SELECT {columns} FROM Task WHERE {where}"
             for records in self._pages(soql, include_deleted=False):
                 for record in records:
-                    key = dedupe_key_in(record.get("Description") or "")
-                    if key in wanted:
+                    if key_field:
+                        key = record.get(key_field)
+                    else:
+                        key = key_in_description(record.get("Description") or "")
+                    if key:
                         found[key] = record["Id"]
         return found
 
-    @staticmethod
-    def _task_record(task: CrmTask) -> dict[str, Any]:
+    def _task_record(self, task: CrmTask) -> dict[str, Any]:
         record: dict[str, Any] = {
             "attributes": {"type": "Task"},
             "WhatId": task.deal_id,
@@ -198,8 +284,10 @@ class SalesforceCRM:
             "ActivityDate": task.due_date.isoformat(),
             "Priority": task.priority,
             "Status": "Not Started",
-            "Description": task.description,
+            "Description": description_with_key(task.description, task.dedupe_key),
         }
+        if self.task_key_field:
+            record[self.task_key_field] = task.dedupe_key
         if task.contact_id:
             record["WhoId"] = task.contact_id
         if task.remind_at:
@@ -208,11 +296,35 @@ class SalesforceCRM:
         return record
 
 
-def dedupe_key_in(description: str) -> str | None:
-    """The dedupe key a task description carries on its ``Handoff key:`` line."""
-    for line in description.splitlines():
-        if line.startswith(DEDUPE_LINE):
-            return line[len(DEDUPE_LINE) :].strip()
+def description_with_key(text: str, key: str) -> str:
+    """The description as written: CRM text made harmless, cut to fit, the key line last."""
+    tail = f"\n\n{KEY_LINE}{key}"
+    body = neutralise_key_lines(text).rstrip()
+    room = DESCRIPTION_LIMIT - len(tail)
+    if len(body) > room:
+        body = body[: room - len(TRUNCATED) - 1].rstrip() + "\n" + TRUNCATED
+    return body + tail
+
+
+def _looks_like_key_line(line: str) -> bool:
+    folded = unicodedata.normalize("NFKC", line).casefold()
+    letters = "".join(ch for ch in folded if ch.isalnum() or ch == ":")
+    return letters.startswith("handoffkey:")
+
+
+def neutralise_key_lines(text: str) -> str:
+    """Text from the CRM (a rep's note, a name) must never pass for a key line: mark such lines."""
+    return "\n".join(
+        f"(quoted) {line.strip()}" if _looks_like_key_line(line) else line
+        for line in text.splitlines()
+    )
+
+
+def key_in_description(description: str) -> str | None:
+    """The dedupe key on the description's last line, the one position only we write."""
+    lines = [line for line in description.splitlines() if line.strip()]
+    if lines and lines[-1].startswith(KEY_LINE):
+        return lines[-1][len(KEY_LINE) :].strip() or None
     return None
 
 
@@ -233,6 +345,30 @@ def _write_result(task: CrmTask, answer: dict[str, Any]) -> WriteResult:
         for e in errors
     )
     return WriteResult(task.dedupe_key, ok=False, error=text)
+
+
+def _outcome(exc: SalesforceError, what: str, *, write: bool) -> CrmError:
+    """What a Salesforce error answer means for the caller, with the CRM's own words."""
+    errors = exc.content if isinstance(exc.content, list) else [exc.content]
+    said = "; ".join(
+        f"{e.get('errorCode')}: {e.get('message')}" if isinstance(e, dict) else str(e)[:300]
+        for e in errors
+    )
+    detail = f"Salesforce answered {exc.status} to {what}: {said}"
+    status = exc.status or 0
+    if status == 429 or (status == 403 and _CONCURRENCY_LIMIT in said):
+        return CrmUnavailable(f"{detail} (throttled; nothing was done)")
+    if status >= 500:
+        if write:
+            return WriteOutcomeUnknown(f"{detail}; the write may have been committed")
+        return CrmUnavailable(detail)
+    hint = {
+        401: "the session is expired or invalid: renew the token or credentials of the "
+        "Salesforce connection",
+        403: "the org refuses this request (daily API limit reached, or a missing permission): "
+        "retrying now cannot help",
+    }.get(status, "the request does not fit this org (check the field names in the config)")
+    return CrmFatalError(f"{detail}. {hint}")
 
 
 def _checked_id(value: str) -> str:

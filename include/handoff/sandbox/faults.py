@@ -2,7 +2,8 @@
 
 Rules let tests and demos reproduce what a real org does under load or outage
 (503, REQUEST_LIMIT_EXCEEDED, an expired session, a slow answer) and the nastiest
-case, a write that commits while the client sees an error (``after_commit``).
+cases, a write that commits while the client sees an error or no answer at all
+(``after_commit``).
 """
 
 from __future__ import annotations
@@ -49,9 +50,19 @@ class FaultRule:
     ``path_contains`` is a substring of its path plus decoded query string (so
     ``"FROM Task"`` targets one query). Each match consumes one of ``times``
     (-1 = forever). ``status`` None with no ``error_code`` means latency only.
-    ``after_commit`` runs the real handler (the write commits) before answering
-    with the fault. ``delay_seconds`` delays the answer; ``retry_after`` sets the
-    Retry-After header.
+    ``retry_after`` sets the Retry-After header of the error answer.
+
+    Without ``after_commit`` the request waits ``delay_seconds`` first, then gets
+    the error answer without reaching the handler (nothing is written), or, with
+    no status, is handled normally: a slow or refusing server.
+
+    With ``after_commit`` the real handler runs first, so the write commits; then
+    the answer is held ``delay_seconds`` and sent: the error answer when the rule
+    has one, else the real answer. This reproduces the ambiguous outcomes a client
+    must survive: an error for a write that happened (status set), and a write whose
+    answer never arrives (no status, a delay longer than the client's read timeout,
+    or a client killed during the hold). Such a rule needs a status or a positive
+    delay, otherwise it would change nothing.
     """
 
     method: str = "*"
@@ -78,12 +89,15 @@ class FaultRule:
             raise ValueError("times must be positive, or -1 for forever")
         if self.delay_seconds < 0:
             raise ValueError("delay_seconds must not be negative")
-        if self.after_commit and self.status is None:
-            raise ValueError("after_commit needs an error answer (status or error_code)")
+        if self.after_commit and self.status is None and not self.delay_seconds:
+            raise ValueError(
+                "after_commit needs an error answer (status or error_code) or a positive "
+                "delay_seconds to hold the real answer"
+            )
 
     @property
     def is_error(self) -> bool:
-        """Whether the rule answers with an error (otherwise it only adds latency)."""
+        """Whether the rule answers with an error (otherwise it only delays the answer)."""
         return self.status is not None
 
     def body(self) -> list[dict[str, Any]]:

@@ -324,16 +324,21 @@ class SalesforceApi:
         query = unquote_plus(request.url.query)
         target = request.url.path + (f"?{query}" if query else "")
         rule = self.faults.match(request.method, target)
-        if rule is not None and rule.delay_seconds:
-            await asyncio.sleep(rule.delay_seconds)
-        if rule is not None and rule.is_error and not rule.after_commit:
-            log.info("Injected fault %s for %s %s", rule.error_code, request.method, target)
-            return self._respond(_Answer(rule.status or 500, rule.body(), rule.headers()), count)
+        if rule is not None and not rule.after_commit:
+            if rule.delay_seconds:
+                await asyncio.sleep(rule.delay_seconds)
+            if rule.is_error:
+                log.info("Injected fault %s for %s %s", rule.error_code, request.method, target)
+                return self._respond(_fault_answer(rule), count)
         body = await request.body()
         answer = await run_in_threadpool(self._safe_call, handler, request, body)
-        if rule is not None and rule.is_error:
-            log.info("Injected after-commit fault %s for %s", rule.error_code, target)
-            return self._respond(_Answer(rule.status or 500, rule.body(), rule.headers()), count)
+        if rule is not None and rule.after_commit:
+            if rule.delay_seconds:
+                log.info("Holding the committed answer %gs for %s", rule.delay_seconds, target)
+                await _hold(request, rule.delay_seconds)
+            if rule.is_error:
+                log.info("Injected after-commit fault %s for %s", rule.error_code, target)
+                answer = _fault_answer(rule)
         return self._respond(answer, count)
 
     def _safe_call(self, handler: Any, request: Request, body: bytes) -> _Answer:
@@ -601,6 +606,30 @@ class SalesforceApi:
                 return {"success": False, "errors": errors}
             record_id = self.store.insert(sdef.name, values)
         return {"id": record_id, "success": True, "errors": []}
+
+
+def _fault_answer(rule: FaultRule) -> _Answer:
+    return _Answer(rule.status or 500, rule.body(), rule.headers())
+
+
+async def _hold(request: Request, seconds: float) -> None:
+    """Hold a committed answer for ``seconds``, or until the client hangs up.
+
+    The body is already read, so the only message left on the channel is the
+    disconnect. Once the client is gone (killed, or gave up on a read timeout) no
+    one waits for the answer, and ending the hold then keeps a stopping server from
+    waiting out the rest of it.
+    """
+
+    async def hung_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(hung_up())
+    try:
+        await asyncio.wait({watcher}, timeout=seconds)
+    finally:
+        watcher.cancel()
 
 
 class _Rollback(Exception):

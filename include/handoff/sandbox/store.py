@@ -132,6 +132,11 @@ HANDOFF_FIELDS = (
     "Handoff_Situation__c", "Handoff_Goals__c", "Handoff_Promises__c",
     "Handoff_Objections__c", "Handoff_Stakeholders__c", "Handoff_Risks__c",
 )  # fmt: skip
+# The custom text field an org installs on Task for Handoff Autopilot: a task's dedupe
+# key lives here rather than in Subject or Description, where any free text (a pasted
+# note, a rep's edit) could forge or break it. Filterable, so a retry can ask "which
+# of these keys already exist?" in one query.
+HANDOFF_KEY_FIELD = "Handoff_Key__c"
 
 
 def _sobject(name: str, prefix: str, plural: str, *fields: FieldDef) -> SObjectDef:
@@ -209,6 +214,7 @@ SOBJECTS: dict[str, SObjectDef] = {
             _f("Description", "textarea", length=32000),
             _f("IsReminderSet", "boolean", label="Reminder Set"),
             _f("ReminderDateTime", "datetime", label="Reminder Date/Time"),
+            _f(HANDOFF_KEY_FIELD, "string", label="Handoff Key", length=255),
         ),
     )
 }  # fmt: skip
@@ -349,6 +355,7 @@ class SandboxStore:
                 self._conn.execute(
                     f"CREATE TABLE IF NOT EXISTS {quote_ident(sobject.name)} ({columns})"
                 )
+                self._add_missing_columns(sobject)
                 self._conn.execute(
                     f"CREATE INDEX IF NOT EXISTS {quote_ident('ix_' + sobject.name + '_mod')} "
                     f"ON {quote_ident(sobject.name)} (SystemModstamp, Id)"
@@ -357,6 +364,22 @@ class SandboxStore:
                 "CREATE TABLE IF NOT EXISTS _sandbox_counter "
                 "(name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
             )
+
+    def _add_missing_columns(self, sobject: SObjectDef) -> None:
+        """Add the columns of fields newer than the org file (e.g. Handoff_Key__c).
+
+        ``serve`` resumes an existing file without re-seeding, and every read selects
+        all schema fields, so a file from before a field was added would fail on
+        "no such column". Adding the column is what installing a field does in a real
+        org: the existing records simply read null.
+        """
+        table = quote_ident(sobject.name)
+        present = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+        for fdef in sobject.fields:
+            if fdef.name not in present:
+                self._conn.execute(
+                    f"ALTER TABLE {table} ADD COLUMN {quote_ident(fdef.name)} {_sql_type(fdef)}"
+                )
 
     def close(self) -> None:
         """Close the SQLite connection."""

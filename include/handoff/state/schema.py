@@ -101,6 +101,9 @@ outbox = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("claimed_by", String(250), nullable=True),
     Column("claimed_at", UtcDateTime, nullable=True),
+    # Set, in its own commit, right before the effect is handed over (SMTP DATA, the CRM write):
+    # a row in flight without it provably had no effect and may simply be done again.
+    Column("attempted_at", UtcDateTime, nullable=True),
     Column("external_id", String(250), nullable=True),
     Column("reason", Text, nullable=True),
     Column("planned_run", String(250), nullable=False),
@@ -120,5 +123,30 @@ deal_issues = Table(
     Column("reason", Text, nullable=False),
     Column("run_id", String(250), nullable=False, index=True),
     Column("created_at", UtcDateTime, nullable=False),
-    UniqueConstraint("source", "deal_id", "code", name="uq_handoff_deal_issues_deal_code"),
+    UniqueConstraint(
+        "source", "deal_id", "code", "field", name="uq_handoff_deal_issues_deal_code_field"
+    ),
+)
+
+# Facts about the store itself, e.g. when ``handoff init`` made it the deliberate start of
+# a CRM's history (wins before that moment belong to an earlier installation).
+store_meta = Table(
+    "handoff_meta",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+# How each step of each run ended, so a failed run still gets a summary that says why.
+run_steps = Table(
+    "handoff_run_steps",
+    metadata,
+    Column("run_id", String(250), primary_key=True),
+    Column("step", String(64), primary_key=True),
+    Column("source", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("message", Text, nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
 )

@@ -4,10 +4,15 @@ SQLite by default, any SQLAlchemy URL by configuration (PostgreSQL in production
 versioned with Alembic (``migrations/``); :meth:`StateStore.migrate` brings any older database up
 to date without losing rows.
 
-Exactly-once rests on two rules kept here:
+Exactly-once rests on three rules kept here:
 - an action is inserted once: ``dedupe_key`` is unique and inserts ignore conflicts;
-- an action is performed by one worker: a worker *claims* pending rows with a conditional
-  ``UPDATE ... WHERE status = 'pending'``, which two concurrent workers cannot both win.
+- an action is performed by one worker: a worker *claims* a few pending rows at a time with a
+  conditional ``UPDATE ... WHERE status = 'pending'`` (``FOR UPDATE SKIP LOCKED`` on
+  PostgreSQL), which two concurrent workers cannot both win;
+- right before an effect is handed over (SMTP DATA, the CRM write) the row is marked
+  *attempted* in its own commit, by its claimer only. A row in flight that was never attempted
+  provably had no effect: whoever takes it over simply does it. An attempted row whose worker is
+  gone has an unknown outcome and is settled, never redone as is.
 """
 
 from __future__ import annotations
@@ -23,7 +28,15 @@ from sqlalchemy import Connection, Engine, and_, create_engine, event, func, or_
 from sqlalchemy.engine import make_url
 
 from handoff.models import ActionKind, ActionStatus, DealIssue, PlannedAction
-from handoff.state.schema import deal_issues, deals, onboarding, outbox, watermarks
+from handoff.state.schema import (
+    deal_issues,
+    deals,
+    onboarding,
+    outbox,
+    run_steps,
+    store_meta,
+    watermarks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +63,11 @@ class StateStore:
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
+
+    @property
+    def location(self) -> str:
+        """The store's URL as a person may read it (password hidden): printed by every run."""
+        return self.engine.url.render_as_string(hide_password=True)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -149,31 +167,41 @@ class StateStore:
 
     # -- onboarding ----------------------------------------------------------------------------
 
+    def _candidates(self, source: str, window_start: datetime, window_end: datetime):
+        return (
+            select(deals.c.deal_id, deals.c.won_at)
+            .outerjoin(
+                onboarding,
+                and_(
+                    onboarding.c.source == deals.c.source,
+                    onboarding.c.deal_id == deals.c.deal_id,
+                ),
+            )
+            .where(
+                deals.c.source == source,
+                deals.c.is_won.is_(True),
+                deals.c.is_deleted.is_(False),
+                deals.c.won_at >= window_start,
+                deals.c.won_at < window_end,
+                onboarding.c.deal_id.is_(None),
+            )
+            .order_by(deals.c.won_at, deals.c.deal_id)
+        )
+
+    def onboarding_candidates(
+        self, source: str, window_start: datetime, window_end: datetime
+    ) -> list[str]:
+        """Won deals of the window that have no onboarding yet (what detection would start)."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(self._candidates(source, window_start, window_end)).scalars())
+
     def start_onboarding(
         self, source: str, window_start: datetime, window_end: datetime, run_id: str
     ) -> list[str]:
         """Mark won deals of the window that have no onboarding yet as detected; return ids."""
         now = utcnow()
         with self.engine.begin() as conn:
-            candidates = conn.execute(
-                select(deals.c.deal_id, deals.c.won_at)
-                .outerjoin(
-                    onboarding,
-                    and_(
-                        onboarding.c.source == deals.c.source,
-                        onboarding.c.deal_id == deals.c.deal_id,
-                    ),
-                )
-                .where(
-                    deals.c.source == source,
-                    deals.c.is_won.is_(True),
-                    deals.c.is_deleted.is_(False),
-                    deals.c.won_at >= window_start,
-                    deals.c.won_at < window_end,
-                    onboarding.c.deal_id.is_(None),
-                )
-                .order_by(deals.c.won_at, deals.c.deal_id)
-            ).all()
+            candidates = conn.execute(self._candidates(source, window_start, window_end)).all()
             detected = []
             for row in candidates:
                 inserted = conn.execute(
@@ -338,44 +366,84 @@ class StateStore:
 
     # -- outbox --------------------------------------------------------------------------------
 
-    def claim(
-        self,
-        kind: ActionKind,
-        worker: str,
-        *,
-        lease: timedelta = timedelta(minutes=30),
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Claim pending actions of one kind for ``worker``.
+    def _of(self, source: str, kind: ActionKind):
+        return and_(outbox.c.source == source, outbox.c.kind == kind)
 
-        Returns ``(claimed, orphaned)``. Orphaned rows were in flight in an attempt that died:
-        claimed earlier by this same worker id (a retry of the same Airflow task instance; only
-        one try runs at a time) or by another worker whose lease has expired. Whether their
-        effect happened is unknown; the caller decides (reconcile a CRM task, hold an email).
+    def has_pending(self, source: str, kind: ActionKind) -> bool:
+        """Whether anything of this kind waits to be done (or to be settled) for this source."""
+        with self.engine.connect() as conn:
+            return (
+                conn.execute(
+                    select(outbox.c.id)
+                    .where(
+                        self._of(source, kind),
+                        outbox.c.status.in_([ActionStatus.PENDING, ActionStatus.IN_FLIGHT]),
+                    )
+                    .limit(1)
+                ).first()
+                is not None
+            )
+
+    def take_over_stale(
+        self, source: str, kind: ActionKind, worker: str, lease: timedelta
+    ) -> list[dict[str, Any]]:
+        """Free the claims of attempts that are gone; return the rows whose outcome is unknown.
+
+        An attempt is gone when its rows are claimed by this same worker id (an earlier try of
+        the same Airflow task instance: only one try runs at a time) or when its lease expired.
+        Its never-attempted rows go back to pending; its attempted rows are claimed by
+        ``worker`` and returned, for the caller to settle (look a CRM task up, hold an email).
         """
         now = utcnow()
+        stale = and_(
+            self._of(source, kind),
+            outbox.c.status == ActionStatus.IN_FLIGHT,
+            or_(outbox.c.claimed_by == worker, outbox.c.claimed_at < now - lease),
+        )
         with self.engine.begin() as conn:
-            orphaned = (
+            conn.execute(
+                update(outbox)
+                .where(stale, outbox.c.attempted_at.is_(None))
+                .values(status=ActionStatus.PENDING, claimed_by=None, claimed_at=None)
+            )
+            orphans = (
                 conn.execute(
                     update(outbox)
-                    .where(
-                        outbox.c.kind == kind,
-                        outbox.c.status == ActionStatus.IN_FLIGHT,
-                        or_(outbox.c.claimed_by == worker, outbox.c.claimed_at < now - lease),
-                    )
-                    .values(claimed_by=worker, claimed_at=now, attempts=outbox.c.attempts + 1)
+                    .where(stale, outbox.c.attempted_at.is_not(None))
+                    .values(claimed_by=worker, claimed_at=now)
                     .returning(*outbox.c)
                 )
                 .mappings()
                 .all()
             )
+        return sorted(map(dict, orphans), key=lambda row: row["id"])
+
+    def claim(
+        self, source: str, kind: ActionKind, worker: str, *, limit: int
+    ) -> list[dict[str, Any]]:
+        """Claim up to ``limit`` pending rows of one source and kind, oldest first."""
+        now = utcnow()
+        pick = (
+            select(outbox.c.id)
+            .where(self._of(source, kind), outbox.c.status == ActionStatus.PENDING)
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        with self.engine.begin() as conn:
             claimed = (
                 conn.execute(
                     update(outbox)
-                    .where(outbox.c.kind == kind, outbox.c.status == ActionStatus.PENDING)
+                    .where(
+                        outbox.c.id.in_(pick.scalar_subquery()),
+                        outbox.c.status == ActionStatus.PENDING,
+                    )
                     .values(
                         status=ActionStatus.IN_FLIGHT,
                         claimed_by=worker,
                         claimed_at=now,
+                        attempted_at=None,
                         attempts=outbox.c.attempts + 1,
                     )
                     .returning(*outbox.c)
@@ -383,8 +451,51 @@ class StateStore:
                 .mappings()
                 .all()
             )
-        order = lambda row: row["id"]  # noqa: E731
-        return sorted(map(dict, claimed), key=order), sorted(map(dict, orphaned), key=order)
+        return sorted(map(dict, claimed), key=lambda row: row["id"])
+
+    def mark_attempted(self, dedupe_keys: Sequence[str], worker: str) -> set[str]:
+        """Record, before handing effects over, that they are about to be attempted.
+
+        Returns the keys still claimed by ``worker``; a row another worker took over (this one
+        stalled past its lease) is not attempted here, so the two can never both act.
+        """
+        now = utcnow()
+        held: set[str] = set()
+        with self.engine.begin() as conn:
+            for chunk in chunked(list(dedupe_keys), 500):
+                rows = conn.execute(
+                    update(outbox)
+                    .where(
+                        outbox.c.dedupe_key.in_(chunk),
+                        outbox.c.claimed_by == worker,
+                        outbox.c.status == ActionStatus.IN_FLIGHT,
+                    )
+                    .values(attempted_at=now, claimed_at=now)
+                    .returning(outbox.c.dedupe_key)
+                )
+                held.update(rows.scalars())
+        return held
+
+    def release(self, dedupe_keys: Sequence[str], worker: str, reason: str | None = None) -> None:
+        """Put claimed rows back to pending: only for effects known not to have happened."""
+        with self.engine.begin() as conn:
+            for chunk in chunked(list(dedupe_keys), 500):
+                conn.execute(
+                    update(outbox)
+                    .where(
+                        outbox.c.dedupe_key.in_(chunk),
+                        outbox.c.claimed_by == worker,
+                        outbox.c.status == ActionStatus.IN_FLIGHT,
+                    )
+                    .values(
+                        status=ActionStatus.PENDING,
+                        claimed_by=None,
+                        claimed_at=None,
+                        attempted_at=None,
+                        reason=reason,
+                        updated_at=utcnow(),
+                    )
+                )
 
     def finish(
         self,
@@ -395,43 +506,110 @@ class StateStore:
         *,
         external_id: str | None = None,
         reason: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Record the outcome of a claimed action (only the claiming worker may)."""
-        with self.engine.begin() as conn:
-            self._finish(conn, dedupe_key, worker, status, run_id, external_id, reason)
+        outcome = {"dedupe_key": dedupe_key, "status": status}
+        outcome |= {"external_id": external_id, "reason": reason}
+        return self.finish_many([outcome], worker, run_id) == 1
 
-    def finish_many(self, outcomes: Sequence[dict[str, Any]], worker: str, run_id: str) -> None:
+    def finish_many(self, outcomes: Sequence[dict[str, Any]], worker: str, run_id: str) -> int:
+        """Record outcomes; returns how many were still this worker's to record."""
+        recorded = 0
         with self.engine.begin() as conn:
             for outcome in outcomes:
-                self._finish(
-                    conn,
-                    outcome["dedupe_key"],
-                    worker,
-                    outcome["status"],
-                    run_id,
-                    outcome.get("external_id"),
-                    outcome.get("reason"),
+                result = conn.execute(
+                    update(outbox)
+                    .where(
+                        outbox.c.dedupe_key == outcome["dedupe_key"],
+                        outbox.c.claimed_by == worker,
+                        outbox.c.status == ActionStatus.IN_FLIGHT,
+                    )
+                    .values(
+                        status=outcome["status"],
+                        finished_run=run_id,
+                        external_id=outcome.get("external_id"),
+                        reason=outcome.get("reason"),
+                        updated_at=utcnow(),
+                    )
                 )
+                recorded += result.rowcount
+        if recorded != len(outcomes):
+            log.warning(
+                "%s of %s outcomes were not recorded by %s: another worker took those rows over "
+                "after this one stalled past its lease, and settles them",
+                len(outcomes) - recorded,
+                len(outcomes),
+                worker,
+            )
+        return recorded
 
-    def _finish(self, conn, dedupe_key, worker, status, run_id, external_id, reason) -> None:
-        values: dict[str, Any] = {"status": status, "updated_at": utcnow(), "reason": reason}
-        if status == ActionStatus.PENDING:
-            values.update(claimed_by=None, claimed_at=None)
-        else:
-            values.update(finished_run=run_id, external_id=external_id)
-        result = conn.execute(
-            update(outbox)
-            .where(
-                outbox.c.dedupe_key == dedupe_key,
-                outbox.c.claimed_by == worker,
-                outbox.c.status == ActionStatus.IN_FLIGHT,
+    def unfinished(self, source: str) -> list[dict[str, Any]]:
+        """Rows of a source still pending or in flight: what a run leaves for later."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(outbox)
+                .where(
+                    outbox.c.source == source,
+                    outbox.c.status.in_([ActionStatus.PENDING, ActionStatus.IN_FLIGHT]),
+                )
+                .order_by(outbox.c.id)
+            ).mappings()
+            return [dict(row) for row in rows]
+
+    def is_fresh(self) -> bool:
+        """No action was ever planned here and no one declared this store a new start."""
+        with self.engine.connect() as conn:
+            planned = conn.execute(select(outbox.c.id).limit(1)).first()
+            declared = conn.execute(select(store_meta.c.name).limit(1)).first()
+        return planned is None and declared is None
+
+    # -- store facts and step outcomes ---------------------------------------------------------
+
+    def get_meta(self, name: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(store_meta.c.value).where(store_meta.c.name == name)
+            ).scalar_one_or_none()
+
+    def set_meta(self, name: str, value: str) -> None:
+        stmt = self._insert(store_meta).values(name=name, value=value, updated_at=utcnow())
+        with self.engine.begin() as conn:
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[store_meta.c.name],
+                    set_={"value": value, "updated_at": utcnow()},
+                )
             )
-            .values(**values)
+
+    def record_step(
+        self, run_id: str, source: str, step: str, status: str, message: str | None = None
+    ) -> None:
+        """How a step's latest try ended (a retry that succeeds replaces a failure)."""
+        now = utcnow()
+        stmt = self._insert(run_steps).values(
+            run_id=run_id,
+            step=step,
+            source=source,
+            status=status,
+            message=message,
+            attempts=1,
+            updated_at=now,
         )
-        if result.rowcount != 1:
-            raise RuntimeError(
-                f"outbox action {dedupe_key} is no longer claimed by {worker}; not recorded"
+        with self.engine.begin() as conn:
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[run_steps.c.run_id, run_steps.c.step],
+                    set_={
+                        "status": status,
+                        "message": message,
+                        "attempts": run_steps.c.attempts + 1,
+                        "updated_at": now,
+                    },
+                )
             )
+
+    def steps(self, run_id: str) -> list[dict[str, Any]]:
+        return self._rows(run_steps, [run_steps.c.updated_at], {"run_id": run_id})
 
     def actions(self, **filters: Any) -> list[dict[str, Any]]:
         """Outbox rows matching column filters (for summaries and tests)."""
