@@ -21,7 +21,7 @@ from jinja2 import TemplateError
 from more_itertools import chunked
 
 from handoff.config import Settings
-from handoff.crm.base import CrmClient, CrmUnavailable, WriteOutcomeUnknown
+from handoff.crm.base import CrmClient, CrmFatalError, CrmUnavailable, WriteOutcomeUnknown
 from handoff.emails import EmailRenderer
 from handoff.errors import ConfigError, StoreMismatchError
 from handoff.mail import (
@@ -60,7 +60,7 @@ class RunContext:
 
     run_id: str
     window_end: datetime
-    worker: str  # stable across retries of one task instance: "<dag>/<run>/<task>"
+    worker: str  # "<dag>/<run>/<task>#<try>": one claimer per try of a task instance
 
     def run_folder(self, settings: Settings) -> Path:
         return settings.output.run_dir / safe_name(self.run_id)
@@ -323,7 +323,7 @@ def send_emails(
         )
         _hold_unconfirmed(store, run, row, reason)
         counts["emails_unconfirmed"] += 1
-    if not store.has_pending(source, ActionKind.EMAIL):
+    if not store.has_rows(source, ActionKind.EMAIL, ActionStatus.PENDING):
         return counts
     unsubscribe = Unsubscribe(str(settings.unsubscribe.mailto), settings.unsubscribe.url)
     folder = run.run_folder(settings) / "emails"
@@ -393,25 +393,17 @@ def _hold_unconfirmed(store: StateStore, run: RunContext, row: dict[str, Any], w
         f"{mid} in the SMTP server's log and send it by hand only if it is absent"
     )
     log.warning("%s", reason)
-    store.finish(
-        row["dedupe_key"],
-        run.worker,
-        ActionStatus.UNCONFIRMED,
-        run.run_id,
-        external_id=mid,
-        reason=reason,
-    )
+    _close(store, run, row, ActionStatus.UNCONFIRMED, reason, mid)
 
 
 def _fail_email(store, run, row, reason: str, external_id: str | None = None) -> None:
     log.error("%s", reason)
+    _close(store, run, row, ActionStatus.FAILED, reason, external_id)
+
+
+def _close(store, run, row, status: ActionStatus, reason: str | None, external_id) -> None:
     store.finish(
-        row["dedupe_key"],
-        run.worker,
-        ActionStatus.FAILED,
-        run.run_id,
-        external_id=external_id,
-        reason=reason,
+        row["dedupe_key"], run.worker, status, run.run_id, external_id=external_id, reason=reason
     )
 
 
@@ -426,14 +418,7 @@ def _record_sent(store, run, row, message, refused, counts) -> None:
         status = ActionStatus.DONE
         counts["emails_sent"] += 1
         log.info("Sent %s to %s as %s", row["step"], client, message["Message-ID"])
-    store.finish(
-        row["dedupe_key"],
-        run.worker,
-        status,
-        run.run_id,
-        external_id=message["Message-ID"],
-        reason=reason,
-    )
+    _close(store, run, row, status, reason, message["Message-ID"])
 
 
 def deal_label(row: dict[str, Any]) -> str:
@@ -452,14 +437,14 @@ def write_tasks(
     """Create every pending CRM task of this CRM once, one batch call at a time.
 
     Each batch is marked attempted before it is sent. A batch the CRM provably did not do (429,
-    no connection) goes back to pending and the error propagates for the retry. A batch whose
+    no connection, a 4xx refusal) goes back to pending and the error propagates. A batch whose
     answer was lost (5xx, dropped, timed out), and any attempted batch an earlier attempt left
     in flight, is *settled*: its tasks are looked up by dedupe key, the found ones recorded, and
     only the missing ones written again.
     """
     calls_before = crm.api_calls
     counts = {"tasks_created": 0, "tasks_failed": 0, "tasks_reconciled": 0}
-    if store.has_pending(crm.source, ActionKind.TASK):
+    if store.has_rows(crm.source, ActionKind.TASK, ActionStatus.PENDING, ActionStatus.IN_FLIGHT):
         crm.check_task_setup()  # a configuration error stops the run before any claim
         dispatch = _TaskDispatch(crm, store, settings, run, counts)
         lease = timedelta(seconds=settings.dispatch.lease_seconds)
@@ -483,18 +468,21 @@ class _TaskDispatch:
         self.delay = settings.dispatch.reconcile_delay_seconds
 
     def write(self, rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
+        if rows and (cause := self._attempt(rows)):
+            log.warning("%s tasks have an unknown outcome (%s); looking them up", len(rows), cause)
+            self.settle(rows, cause)
+
+    def _attempt(self, rows: list[dict[str, Any]]) -> str | None:
+        """Write the rows once and record the answers; return why the outcome is unknown."""
         try:
             results = self.crm.create_tasks([task_from_payload(r["payload"]) for r in rows])
-        except CrmUnavailable as exc:
+        except (CrmUnavailable, CrmFatalError) as exc:  # refused: nothing was written
             self.store.release([r["dedupe_key"] for r in rows], self.run.worker, reason=str(exc))
             raise
         except WriteOutcomeUnknown as exc:
-            log.warning("%s tasks have an unknown outcome (%s); looking them up", len(rows), exc)
-            self.settle(rows, str(exc))
-            return
+            return str(exc)
         self._record(rows, results)
+        return None
 
     def settle(self, rows: list[dict[str, Any]], cause: str) -> None:
         """Look the rows up by dedupe key; record the found, write only the missing."""
@@ -518,20 +506,9 @@ class _TaskDispatch:
             )
             self.counts["tasks_reconciled"] += len(present)
             rows = [r for r in rows if r["dedupe_key"] not in found]
-            if not rows:
+            if not rows or (cause := self._attempt(rows)) is None:
                 return
-            try:
-                results = self.crm.create_tasks([task_from_payload(r["payload"]) for r in rows])
-            except CrmUnavailable as exc:
-                keys = [r["dedupe_key"] for r in rows]
-                self.store.release(keys, self.run.worker, reason=str(exc))
-                raise
-            except WriteOutcomeUnknown as exc:
-                cause = str(exc)
-                continue
-            self._record(rows, results)
-            return
-        raise CrmUnavailable(
+        raise WriteOutcomeUnknown(
             f"{len(rows)} task writes still have no answer after {SETTLE_ROUNDS} lookups "
             f"({cause}); they stay in flight and the next attempt looks them up again"
         )

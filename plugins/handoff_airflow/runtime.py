@@ -30,7 +30,7 @@ def run_context(context: dict[str, Any]) -> RunContext:
     return RunContext(
         run_id=context["run_id"],
         window_end=context["data_interval_end"],
-        worker=f"{ti.dag_id}/{context['run_id']}/{ti.task_id}",
+        worker=f"{ti.dag_id}/{context['run_id']}/{ti.task_id}#{ti.try_number}",
     )
 
 

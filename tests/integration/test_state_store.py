@@ -149,7 +149,8 @@ def test_claims_are_scoped_by_source_and_kind_and_taken_oldest_first(store):
         "salesforce:006A:welcome_email",
         "salesforce:006B:welcome_email",
     ]
-    assert store.has_pending("hubspot", ActionKind.EMAIL)
+    assert store.has_rows("hubspot", ActionKind.EMAIL, ActionStatus.PENDING)
+    assert not store.has_rows("hubspot", TASK, ActionStatus.PENDING)
     assert [r["dedupe_key"] for r in store.claim("salesforce", TASK, "w", limit=10)] == [
         "salesforce:006A:t"
     ]
@@ -176,6 +177,27 @@ def test_a_dead_attempt_gives_back_what_it_never_attempted_and_hands_over_the_re
     again = store.claim("salesforce", ActionKind.EMAIL, worker, limit=10)
     assert [row["dedupe_key"] for row in again] == ["salesforce:006C:welcome_email"]
     assert again[0]["attempts"] == 2
+
+
+def test_the_next_try_takes_over_at_once_and_a_zombie_try_can_no_longer_act(store):
+    store.record_plan("salesforce", "006A", [action("006A")], [], "run-1")
+    store.record_plan("salesforce", "006B", [action("006B")], [], "run-1")
+    first, second = "dag/run_1/send#1", "dag/run_1/send#2"
+    a, b = "salesforce:006A:welcome_email", "salesforce:006B:welcome_email"
+    store.claim("salesforce", ActionKind.EMAIL, first, limit=10)
+    store.mark_attempted([a], first)
+    # Another task instance whose name merely starts alike is not an earlier try.
+    lease = timedelta(minutes=10)
+    assert store.take_over_stale("salesforce", ActionKind.EMAIL, "dag/run_1/sen#2", lease) == []
+
+    orphans = store.take_over_stale("salesforce", ActionKind.EMAIL, second, lease)
+    assert [(r["dedupe_key"], r["claimed_by"]) for r in orphans] == [(a, second)]
+    # The first try, still running somewhere, can neither send B nor record A any more.
+    assert store.mark_attempted([b], first) == set()
+    assert not store.finish(a, first, ActionStatus.DONE, "run-1")
+    assert [
+        r["dedupe_key"] for r in store.claim("salesforce", ActionKind.EMAIL, second, limit=9)
+    ] == [b]
 
 
 def test_an_expired_lease_lets_another_worker_take_over(store):

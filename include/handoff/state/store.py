@@ -41,6 +41,7 @@ from handoff.state.schema import (
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+TRY_MARK = "#"  # worker ids are "<task instance>#<try>": tries of one instance replace each other
 
 
 def utcnow() -> datetime:
@@ -167,9 +168,12 @@ class StateStore:
 
     # -- onboarding ----------------------------------------------------------------------------
 
-    def _candidates(self, source: str, window_start: datetime, window_end: datetime):
+    @staticmethod
+    def _won_never_onboarded(*columns):
+        """Won deals with no onboarding row: what detection may still start (or must ignore)."""
         return (
-            select(deals.c.deal_id, deals.c.won_at)
+            select(*columns)
+            .select_from(deals)
             .outerjoin(
                 onboarding,
                 and_(
@@ -177,13 +181,17 @@ class StateStore:
                     onboarding.c.deal_id == deals.c.deal_id,
                 ),
             )
+            .where(deals.c.is_won.is_(True), onboarding.c.deal_id.is_(None))
+        )
+
+    def _candidates(self, source: str, window_start: datetime, window_end: datetime):
+        return (
+            self._won_never_onboarded(deals.c.deal_id, deals.c.won_at)
             .where(
                 deals.c.source == source,
-                deals.c.is_won.is_(True),
                 deals.c.is_deleted.is_(False),
                 deals.c.won_at >= window_start,
                 deals.c.won_at < window_end,
-                onboarding.c.deal_id.is_(None),
             )
             .order_by(deals.c.won_at, deals.c.deal_id)
         )
@@ -224,20 +232,8 @@ class StateStore:
         """Won deals older than the look-back window that were never onboarded (not mailed)."""
         with self.engine.connect() as conn:
             return conn.execute(
-                select(func.count())
-                .select_from(deals)
-                .outerjoin(
-                    onboarding,
-                    and_(
-                        onboarding.c.source == deals.c.source,
-                        onboarding.c.deal_id == deals.c.deal_id,
-                    ),
-                )
-                .where(
-                    deals.c.source == source,
-                    deals.c.is_won.is_(True),
-                    deals.c.won_at < window_start,
-                    onboarding.c.deal_id.is_(None),
+                self._won_never_onboarded(func.count()).where(
+                    deals.c.source == source, deals.c.won_at < window_start
                 )
             ).scalar_one()
 
@@ -369,36 +365,43 @@ class StateStore:
     def _of(self, source: str, kind: ActionKind):
         return and_(outbox.c.source == source, outbox.c.kind == kind)
 
-    def has_pending(self, source: str, kind: ActionKind) -> bool:
-        """Whether anything of this kind waits to be done (or to be settled) for this source."""
+    @staticmethod
+    def _held_by(worker: str):
+        """Rows ``worker`` still holds: only their holder may attempt, record or release them."""
+        return and_(outbox.c.claimed_by == worker, outbox.c.status == ActionStatus.IN_FLIGHT)
+
+    def has_rows(self, source: str, kind: ActionKind, *statuses: ActionStatus) -> bool:
+        """Whether any row of this source and kind is in one of ``statuses`` (cheap check)."""
         with self.engine.connect() as conn:
-            return (
-                conn.execute(
-                    select(outbox.c.id)
-                    .where(
-                        self._of(source, kind),
-                        outbox.c.status.in_([ActionStatus.PENDING, ActionStatus.IN_FLIGHT]),
-                    )
-                    .limit(1)
-                ).first()
-                is not None
-            )
+            first = conn.execute(
+                select(outbox.c.id)
+                .where(self._of(source, kind), outbox.c.status.in_(statuses))
+                .limit(1)
+            ).first()
+        return first is not None
 
     def take_over_stale(
         self, source: str, kind: ActionKind, worker: str, lease: timedelta
     ) -> list[dict[str, Any]]:
         """Free the claims of attempts that are gone; return the rows whose outcome is unknown.
 
-        An attempt is gone when its rows are claimed by this same worker id (an earlier try of
-        the same Airflow task instance: only one try runs at a time) or when its lease expired.
+        An attempt is gone when its lease expired, or when it was an earlier try of the same
+        task instance: worker ids are ``<task instance>#<try>``, and Airflow starts a try only
+        once the previous one has ended. Taking its rows over changes their claimer, so even a
+        try that is still running (a zombie) can no longer attempt or record them.
         Its never-attempted rows go back to pending; its attempted rows are claimed by
         ``worker`` and returned, for the caller to settle (look a CRM task up, hold an email).
         """
         now = utcnow()
+        instance = worker.split(TRY_MARK, 1)[0]
         stale = and_(
             self._of(source, kind),
             outbox.c.status == ActionStatus.IN_FLIGHT,
-            or_(outbox.c.claimed_by == worker, outbox.c.claimed_at < now - lease),
+            or_(
+                outbox.c.claimed_by == instance,
+                outbox.c.claimed_by.startswith(instance + TRY_MARK, autoescape=True),
+                outbox.c.claimed_at < now - lease,
+            ),
         )
         with self.engine.begin() as conn:
             conn.execute(
@@ -467,8 +470,7 @@ class StateStore:
                     update(outbox)
                     .where(
                         outbox.c.dedupe_key.in_(chunk),
-                        outbox.c.claimed_by == worker,
-                        outbox.c.status == ActionStatus.IN_FLIGHT,
+                        self._held_by(worker),
                     )
                     .values(attempted_at=now, claimed_at=now)
                     .returning(outbox.c.dedupe_key)
@@ -484,8 +486,7 @@ class StateStore:
                     update(outbox)
                     .where(
                         outbox.c.dedupe_key.in_(chunk),
-                        outbox.c.claimed_by == worker,
-                        outbox.c.status == ActionStatus.IN_FLIGHT,
+                        self._held_by(worker),
                     )
                     .values(
                         status=ActionStatus.PENDING,
@@ -521,8 +522,7 @@ class StateStore:
                     update(outbox)
                     .where(
                         outbox.c.dedupe_key == outcome["dedupe_key"],
-                        outbox.c.claimed_by == worker,
-                        outbox.c.status == ActionStatus.IN_FLIGHT,
+                        self._held_by(worker),
                     )
                     .values(
                         status=outcome["status"],
