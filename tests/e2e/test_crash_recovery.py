@@ -30,7 +30,7 @@ from tests.conftest import ROOT, TEST_CONFIG
 
 WINDOW_END = datetime.combine(WON_AT.date() + timedelta(days=1), datetime.min.time(), WON_AT.tzinfo)
 ALL_STEPS = ("extract", "detect", "plan", "send_emails", "write_tasks")
-LEASE = 3  # seconds: long enough for an immediate re-run, short enough to wait out
+LEASE = 5  # seconds: long enough for an immediate re-run, short enough to wait out
 
 
 @dataclass
