@@ -51,7 +51,6 @@ from handoff.state.store import StateStore
 log = logging.getLogger(__name__)
 
 DEALS_STREAM = "deals"
-TASK_BATCH = 200
 
 
 @dataclass(frozen=True)
@@ -337,8 +336,12 @@ def send_emails(
                 try:
                     _send_one(store, run, renderer, transport, unsubscribe, folder, row, counts)
                 except BaseException as exc:
+                    # A temporary SMTP error is an answer: the message was not taken. Any other
+                    # failure leaves an attempted message in flight, to be held, never resent.
+                    refused = isinstance(exc, TransientMailError)
                     why = f"{type(exc).__name__}: {exc}"
-                    store.release([r["dedupe_key"] for r in batch[index:]], run.worker, why)
+                    keys = [r["dedupe_key"] for r in batch[index:]]
+                    store.release(keys, run.worker, why, refused=refused)
                     raise
     return counts
 
@@ -477,7 +480,8 @@ class _TaskDispatch:
         try:
             results = self.crm.create_tasks([task_from_payload(r["payload"]) for r in rows])
         except (CrmUnavailable, CrmFatalError) as exc:  # refused: nothing was written
-            self.store.release([r["dedupe_key"] for r in rows], self.run.worker, reason=str(exc))
+            keys = [r["dedupe_key"] for r in rows]
+            self.store.release(keys, self.run.worker, str(exc), refused=True)
             raise
         except WriteOutcomeUnknown as exc:
             return str(exc)

@@ -230,6 +230,25 @@ def test_only_the_claiming_worker_may_record_or_release(store):
     assert (row["status"], row["claimed_by"], row["reason"]) == ("pending", None, "SMTP 421")
 
 
+def test_an_attempted_row_is_released_only_on_an_answer_that_proves_nothing_happened(store):
+    for deal_id in ("006A", "006B"):
+        store.record_plan("salesforce", deal_id, [action(deal_id)], [], "run-1")
+    a, b = "salesforce:006A:welcome_email", "salesforce:006B:welcome_email"
+    store.claim("salesforce", ActionKind.EMAIL, "w", limit=10)
+    store.mark_attempted([a], "w")
+    # A failure that is not an answer (our own record failing after the send, say): the
+    # attempted row stays in flight to be settled; the one never attempted goes back.
+    store.release([a, b], "w", "OperationalError")
+    assert {r["dedupe_key"]: r["status"] for r in store.actions()} == {
+        a: ActionStatus.IN_FLIGHT,
+        b: ActionStatus.PENDING,
+    }
+    # The server answered that it took nothing (a 4xx): then it goes back too.
+    store.release([a], "w", "SMTP 451", refused=True)
+    [row] = store.actions(dedupe_key=a)
+    assert (row["status"], row["attempted_at"]) == (ActionStatus.PENDING, None)
+
+
 def test_upgrading_an_old_store_treats_rows_it_left_in_flight_as_attempted(store_url):
     from sqlalchemy import text
 

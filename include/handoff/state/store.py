@@ -478,16 +478,28 @@ class StateStore:
                 held.update(rows.scalars())
         return held
 
-    def release(self, dedupe_keys: Sequence[str], worker: str, reason: str | None = None) -> None:
-        """Put claimed rows back to pending: only for effects known not to have happened."""
+    def release(
+        self,
+        dedupe_keys: Sequence[str],
+        worker: str,
+        reason: str | None = None,
+        *,
+        refused: bool = False,
+    ) -> None:
+        """Put claimed rows back to pending.
+
+        Rows never attempted go back whatever happened. An attempted row goes back only when
+        ``refused`` says the other side answered that it did nothing; otherwise its effect may
+        have happened and it stays in flight, to be settled by whoever takes it over.
+        """
+        releasable = self._held_by(worker)
+        if not refused:
+            releasable = and_(releasable, outbox.c.attempted_at.is_(None))
         with self.engine.begin() as conn:
             for chunk in chunked(list(dedupe_keys), 500):
                 conn.execute(
                     update(outbox)
-                    .where(
-                        outbox.c.dedupe_key.in_(chunk),
-                        self._held_by(worker),
-                    )
+                    .where(outbox.c.dedupe_key.in_(chunk), releasable)
                     .values(
                         status=ActionStatus.PENDING,
                         claimed_by=None,
