@@ -122,6 +122,17 @@ def settings(tmp_path, monkeypatch):
     return load_settings()
 
 
+@pytest.fixture
+def state(settings):
+    """The migrated state store the ``settings`` fixture points at (SQLite in a temp dir)."""
+    from handoff.state import StateStore
+
+    store = StateStore(settings.state.url)
+    store.migrate()
+    yield store
+    store.dispose()
+
+
 # -- servers -----------------------------------------------------------------------------------
 
 

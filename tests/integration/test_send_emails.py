@@ -51,14 +51,6 @@ def delivered_to(sink) -> list[str]:
     return sorted(mail.message["To"].addresses[0].addr_spec for mail in sink.messages)
 
 
-@pytest.fixture
-def state(settings):
-    store = StateStore(settings.state.url)
-    store.migrate()
-    yield store
-    store.dispose()
-
-
 def test_a_batch_goes_out_over_one_connection_and_is_kept_on_disk(state, settings, smtp_sink):
     addresses = plan_welcomes(state, settings, 3)
     counts = send(state, settings, transport_to(smtp_sink))

@@ -12,18 +12,9 @@ from handoff.crm.base import WriteOutcomeUnknown
 from handoff.models import ActionKind, ActionStatus
 from handoff.pipeline import RunContext, write_tasks
 from handoff.planning import plan_deal, task_from_payload
-from handoff.state import StateStore
 from tests.builders import CONTACT, SandboxOrg, make_deal
 
 RUN = RunContext("run-1", datetime(2026, 11, 21, tzinfo=UTC), "dag/run-1/write_tasks")
-
-
-@pytest.fixture
-def state(settings):
-    store = StateStore(settings.state.url)
-    store.migrate()
-    yield store
-    store.dispose()
 
 
 @pytest.fixture

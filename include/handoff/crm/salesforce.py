@@ -49,7 +49,7 @@ DESCRIPTION_LIMIT = 32000  # Task.Description is a long text area of 32,000 char
 SALESFORCE_ID = re.compile(r"^[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?$")
 KEY_LINE = "Handoff key: "
 TRUNCATED = "[... shortened to fit Salesforce's 32,000-character limit; the rest is on the deal]"
-# Answers after which the org, not the request, must change: stop the run with the message.
+# A 403 REQUEST_LIMIT_EXCEEDED naming this limit is about concurrent calls: it passes, retry.
 _CONCURRENCY_LIMIT = "ConcurrentPerOrg"
 
 
