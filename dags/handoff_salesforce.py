@@ -1,24 +1,33 @@
 """
-### Salesforce handoff: Closed Won deals become a welcome email and CRM tasks
+### Salesforce handoff: the 90-day onboarding playbook for every Closed Won deal
 
-Every day this DAG reads the opportunities that changed in Salesforce since its last run, finds
-the deals that became **Closed Won** (within a look-back window, so a first install never mails a
-backlog), and for each new deal:
+Every hour (setting `[schedule].cron`) this DAG reads the opportunities that changed in
+Salesforce since its last run and:
 
-- sends the client's primary contact a **welcome email** from the configured executive, Cc the
-  rep and the CSM (contacts who opted out get nothing; the reason is recorded);
-- creates a **"First CS contact"** task for the CSM, due within 4 hours of the close;
-- creates an **"Internal handoff meeting"** task for deals at or above the configured amount.
+- starts onboarding the deals that became **Closed Won** (the look-back window keeps a first
+  install from mailing a backlog; after that, a win found late still gets the steps that are
+  still sensible), and stops deals that left Closed Won;
+- plans every step of the **playbook** (`include/config/playbook.toml`) that falls due: the
+  welcome sequence, weekly check-ins, reviews and the referral ask for the client; CRM tasks
+  for the CSM, the rep, the executive and the account owner;
+- holds client emails while the rep's **handoff document** is incomplete (the rep gets a task
+  listing what is missing) and releases them once it is complete;
+- re-reads the primary contacts of the deals with a step due (consent is checked when a mail
+  goes out), then sends the emails and writes the tasks.
 
-Each step happens once per deal, whatever the re-runs, retries and crashes. Deals with bad data
-(no primary contact, invalid email, no owner...) are reported by deal and field; the others go
-on. A problem no retry can fix (a setting, an expired token, the org's daily API limit, a state
-store that does not match the CRM) fails the run at once with its cause.
+Each step happens once per deal, whatever the re-runs, retries and crashes; a step found later
+than its lateness limit is skipped with its reason, never sent weeks late. Deals with bad data
+are reported by deal and field; the others go on. A problem no retry can fix (a setting, an
+invalid playbook, an expired token, a state store that is behind or does not match the CRM)
+fails the run at once with its cause.
 
-Connections: `salesforce_default` (Salesforce), `smtp_default` (SMTP). Playbook settings:
-`include/config/handoff.toml`. What each run did, failed runs included: the `summarise` task's
-log and `var/runs/<run id>/summary.json` (with the `.eml` and HTML preview of every email sent,
-and every email or task still waiting, with when it is tried again).
+**Dry run**: trigger with the param `dry_run` = true to see every email (recipient, subject),
+task (owner, due date), skip and hold this run would make, changing nothing.
+
+Connections: `salesforce_default` (Salesforce), `smtp_default` (SMTP). Settings:
+`include/config/handoff.toml`. The state store is migrated once per deployment with
+`handoff db upgrade`. What each run did, failed runs included: the `summarise` task's log and
+`var/runs/<run id>/summary.json` (with the `.eml` and HTML preview of every email sent).
 """
 
 from __future__ import annotations
@@ -26,18 +35,31 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable, dag, task
+from airflow.sdk import CronTriggerTimetable, Param, dag, task
+
+from handoff.config import load_settings
 
 SOURCE = "salesforce"
 
 
 @dag(
-    schedule=CronTriggerTimetable("0 6 * * *", timezone="UTC", interval=timedelta(days=1)),
+    # Reading the validated settings here (a small local file, no network) means a broken
+    # configuration or playbook is an import error the scheduler shows, never a run.
+    schedule=CronTriggerTimetable(
+        load_settings().schedule.cron, timezone="UTC", interval=timedelta(hours=1)
+    ),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
     tags=["handoff", "salesforce"],
+    params={
+        "dry_run": Param(
+            False,
+            type="boolean",
+            description="Show what this run would send, write, skip and hold; change nothing.",
+        )
+    },
     default_args={
         "owner": "revops",
         "retries": 3,
@@ -53,7 +75,7 @@ def handoff_salesforce():
         from handoff_airflow.runtime import check_connections, step
 
         with step(context, SOURCE) as (settings, store, _):
-            store.migrate()
+            store.check_schema()
             check_connections("salesforce_default", "smtp_default")
             check_templates(settings)
             return {"state_store": store.location}
@@ -72,35 +94,59 @@ def handoff_salesforce():
     def detect(extracted: dict, **context) -> dict:
         from handoff.pipeline import detect_new_wins
         from handoff_airflow.hooks import HandoffSalesforceHook
-        from handoff_airflow.runtime import step
+        from handoff_airflow.runtime import is_dry_run, step
 
+        if is_dry_run(context):
+            return {"dry_run": True}
         with step(context, SOURCE) as (settings, store, run):
             crm = HandoffSalesforceHook().get_crm(settings)
             return detect_new_wins(store, settings, crm, run)
 
     @task
     def plan(detected: dict, **context) -> dict:
-        from handoff.pipeline import plan_actions
-        from handoff_airflow.runtime import step
+        from handoff.pipeline import dry_run, format_dry_run, plan_steps
+        from handoff_airflow.hooks import HandoffSalesforceHook
+        from handoff_airflow.runtime import is_dry_run, step
 
         with step(context, SOURCE) as (settings, store, run):
-            return plan_actions(store, settings, SOURCE, run)
+            if is_dry_run(context):
+                crm = HandoffSalesforceHook().get_crm(settings)
+                report = dry_run(store, settings, crm, run)
+                print(format_dry_run(report))
+                return {"dry_run": True, **report["planning"]}
+            return plan_steps(store, settings, SOURCE, run)
 
     @task
-    def send_emails(planned: dict, **context) -> dict:
+    def resolve(planned: dict, **context) -> dict:
+        from handoff.pipeline import refresh_contacts
+        from handoff_airflow.hooks import HandoffSalesforceHook
+        from handoff_airflow.runtime import is_dry_run, step
+
+        if is_dry_run(context):
+            return {"dry_run": True}
+        with step(context, SOURCE) as (settings, store, run):
+            crm = HandoffSalesforceHook().get_crm(settings)
+            return refresh_contacts(crm, store, run)
+
+    @task
+    def send_emails(resolved: dict, **context) -> dict:
         from handoff.pipeline import send_emails as send
         from handoff_airflow.hooks import HandoffSmtpHook
-        from handoff_airflow.runtime import step
+        from handoff_airflow.runtime import is_dry_run, step
 
+        if is_dry_run(context):
+            return {"dry_run": True}
         with step(context, SOURCE) as (settings, store, run):
             return send(store, settings, HandoffSmtpHook().transport, run, source=SOURCE)
 
     @task
-    def write_tasks(planned: dict, **context) -> dict:
+    def write_tasks(resolved: dict, **context) -> dict:
         from handoff.pipeline import write_tasks as write
         from handoff_airflow.hooks import HandoffSalesforceHook
-        from handoff_airflow.runtime import step
+        from handoff_airflow.runtime import is_dry_run, step
 
+        if is_dry_run(context):
+            return {"dry_run": True}
         with step(context, SOURCE) as (settings, store, run):
             return write(HandoffSalesforceHook().get_crm(settings), store, settings, run)
 
@@ -108,15 +154,18 @@ def handoff_salesforce():
     def summarise(
         extracted: dict | None,
         detected: dict | None,
+        resolved: dict | None,
         emails: dict | None,
         tasks: dict | None,
         **context,
     ) -> dict:
         """Runs whatever happened upstream, so a failed run gets its summary too."""
         from handoff.pipeline import format_summary, summarise, summary_line
-        from handoff_airflow.runtime import fail_if_a_step_failed, step
+        from handoff_airflow.runtime import fail_if_a_step_failed, is_dry_run, step
 
-        counts = (extracted, detected, emails, tasks)  # None for a step that failed
+        if is_dry_run(context):
+            return {"dry_run": True}
+        counts = (extracted, detected, resolved, emails, tasks)  # None for a step that failed
         api_calls = sum(c.get("api_calls", 0) for c in counts if c)
         with step(context, SOURCE) as (settings, store, run):
             summary = summarise(store, settings, SOURCE, run, api_calls)
@@ -127,8 +176,8 @@ def handoff_salesforce():
 
     extracted = extract(preflight())
     detected = detect(extracted)
-    planned = plan(detected)
-    summarise(extracted, detected, send_emails(planned), write_tasks(planned))
+    resolved = resolve(plan(detected))
+    summarise(extracted, detected, resolved, send_emails(resolved), write_tasks(resolved))
 
 
 handoff_salesforce_dag = handoff_salesforce()

@@ -84,6 +84,29 @@ class SandboxOrg:
             },
         )
 
+        # The configured executive ([sender].email): owns the leader's tasks.
+        self.executive = store.insert(
+            "User",
+            {
+                "FirstName": "Dana",
+                "LastName": "Whitfield",
+                "Email": "dana.whitfield@handoff-demo.example",
+                "Title": "Chief Customer Officer",
+                "IsActive": True,
+            },
+        )
+
+        self.account_manager = store.insert(
+            "User",
+            {
+                "FirstName": "Morgan",
+                "LastName": "Accounts",
+                "Email": "morgan.accounts@seller.example",
+                "Title": "Account Manager",
+                "IsActive": True,
+            },
+        )
+
     def won_deal(
         self,
         name: str,
@@ -97,9 +120,12 @@ class SandboxOrg:
         csm: str | None | bool = True,
         account: str | None = None,
         doc: dict[str, str] | None = None,
+        account_owner: str | None = None,
     ) -> str:
         """A Closed Won opportunity with an account and (by default) a primary contact."""
-        account_id = self.store.insert("Account", {"Name": account or f"{name} Ltd"})
+        account_id = self.store.insert(
+            "Account", {"Name": account or f"{name} Ltd", "OwnerId": account_owner}
+        )
         fields: dict[str, Any] = {
             "Name": name,
             "AccountId": account_id,
@@ -147,3 +173,56 @@ class SandboxOrg:
             },
             modstamp=modstamp,
         )
+
+
+def day_zero(deal: Deal, settings, people=None):
+    """The day-0 steps of the tests' playbook, each resolved for ``deal`` at its win, and the
+    deal's data issues. Which steps apply (conditions) is the scheduler's business, tested
+    with the store."""
+    from datetime import timedelta
+
+    from handoff.planning import People, deal_issues, resolve
+
+    at = deal.won_at
+    steps = {
+        step.id: resolve(deal, step, settings, people or People(), at, at)
+        for step in settings.plan.steps
+        if step.offset == timedelta(0)
+    }
+    return steps, deal_issues(deal, settings)
+
+
+def save_snapshot(store, deal: Deal, modstamp: datetime | None = None) -> None:
+    """Store the deal as extraction would (dispatch resolves steps from this snapshot)."""
+    row = {
+        "deal_id": deal.deal_id,
+        "is_won": deal.is_won,
+        "is_deleted": deal.is_deleted,
+        "stage": deal.stage,
+        "amount": deal.amount,
+        "close_date": deal.close_date,
+        "won_at": deal.won_at,
+        "modstamp": modstamp or deal.won_at,
+        "record": deal.to_record(),
+    }
+    store.save_deals(deal.source, "deals", [row], None)
+
+
+def plan_steps(store, deal: Deal, *steps: str, run_id: str = "run-1") -> list[str]:
+    """Save the deal's snapshot and put these steps in the outbox, due at the win."""
+    from handoff.models import ActionKind, PlannedAction
+
+    save_snapshot(store, deal)
+    actions = [
+        PlannedAction(
+            deal.source,
+            deal.deal_id,
+            step,
+            ActionKind.EMAIL if step.endswith("email") else ActionKind.TASK,
+            payload={"deal_label": deal.label(), "client": step.endswith("email")},
+            due_at=deal.won_at,
+        )
+        for step in steps
+    ]
+    store.record_plan(deal.source, run_id, actions)
+    return [a.dedupe_key for a in actions]

@@ -57,6 +57,19 @@ def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
     shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """An in-process Airflow run adds a root handler on the test's captured stream; once that
+    stream is closed, every later log line would print an error into the next test's output."""
+    import logging
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for handler in [h for h in root.handlers if h not in before]:
+        root.removeHandler(handler)
+
+
 # -- state store -------------------------------------------------------------------------------
 
 
@@ -120,6 +133,16 @@ def settings(tmp_path, monkeypatch):
     monkeypatch.setenv("HANDOFF_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
     monkeypatch.setenv("HANDOFF_RUN_DIR", str(tmp_path / "runs"))
     return load_settings()
+
+
+FULL_PLAYBOOK = ROOT / "tests" / "config" / "playbook_90_days.toml"
+
+
+@pytest.fixture
+def full_playbook(monkeypatch):
+    """Use the tests' copy of the whole 90-day playbook (the framework's table)."""
+    monkeypatch.setenv("HANDOFF_PLAYBOOK", str(FULL_PLAYBOOK))
+    return FULL_PLAYBOOK
 
 
 @pytest.fixture

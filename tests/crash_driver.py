@@ -38,7 +38,7 @@ def main() -> None:
 
     settings = load_settings()
     store = StateStore(settings.state.url)
-    store.migrate()  # what the DAG's preflight task does
+    store.check_schema()  # what the DAG's preflight task does
     client = Salesforce(
         instance_url=args.salesforce_url,
         session_id=args.token,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -29,8 +31,73 @@ from handoff.state import StateStore
 
 
 def run_benchmark(deals: int, *, seed: int = 7, today: date | None = None) -> dict[str, Any]:
+    """First run on a fresh org (a fifth of its deals recent wins), then the same run again."""
     today = today or datetime.now(UTC).date()
     window_end = datetime.combine(today, datetime.min.time(), tzinfo=UTC) + timedelta(days=1)
+    with _world(deals, seed, today) as (settings, store, crm, sink, sandbox, seeding):
+        ends = (window_end, window_end + timedelta(days=1))
+        runs = [
+            _one_run(crm, store, settings, sink, end, f"bench-{n}") for n, end in enumerate(ends)
+        ]
+        return {
+            "scenario": "first-run",
+            "deals": deals,
+            **seeding,
+            "runs": runs,
+            "smtp_sessions": sink.sessions,
+            "messages_received": len(sink.messages),
+            "sandbox_api_calls": sandbox.stats()["api_calls"],
+        }
+
+
+def run_steady_state(
+    deals: int, onboarding: int, *, seed: int = 7, today: date | None = None
+) -> dict[str, Any]:
+    """An org with ``onboarding`` clients spread over their 90 days, adopted at first install;
+    then one hourly run, and the same hour again with nothing left to do.
+
+    The figures to watch: the hourly run's planning time and its API calls, which must not
+    grow with the number of clients in onboarding when nothing changed.
+    """
+    today = today or datetime.now(UTC).date()
+    install = datetime.combine(today, datetime.min.time(), tzinfo=UTC) + timedelta(hours=10)
+    share = min(1.0, onboarding / max(deals, 1))
+    with _world(deals, seed, today, onboarding_days=90, recent_share=share, adopt=True) as (
+        settings,
+        store,
+        crm,
+        sink,
+        sandbox,
+        seeding,
+    ):
+        runs = {
+            "install": _one_run(crm, store, settings, sink, install, "install"),
+            "hourly": _one_run(crm, store, settings, sink, install + timedelta(hours=1), "h1"),
+            "quiet": _one_run(crm, store, settings, sink, install + timedelta(hours=1), "h1b"),
+        }
+        return {
+            "scenario": "steady-state",
+            "deals": deals,
+            "onboarding": store.count_onboarding("salesforce"),
+            **seeding,
+            "runs": runs,
+            "smtp_sessions": sink.sessions,
+            "messages_received": len(sink.messages),
+            "sandbox_api_calls": sandbox.stats()["api_calls"],
+        }
+
+
+@contextmanager
+def _world(
+    deals: int,
+    seed: int,
+    today: date,
+    *,
+    onboarding_days: int = 3,
+    recent_share: float = 0.2,
+    adopt: bool = False,
+) -> Iterator[tuple]:
+    """A seeded sandbox org, an SMTP sink and an empty state store, in a temp folder."""
     with tempfile.TemporaryDirectory(prefix="handoff-bench-") as folder:
         work = Path(folder)
         base = load_settings()
@@ -38,26 +105,27 @@ def run_benchmark(deals: int, *, seed: int = 7, today: date | None = None) -> di
             update={
                 "state": StateSettings(url=f"sqlite:///{work / 'state.db'}"),
                 "output": base.output.model_copy(update={"run_dir": work / "runs"}),
+                "detection": base.detection.model_copy(update={"adopt_clients_in_progress": adopt}),
             }
         )
         with SandboxServer(work / "sandbox.db") as sandbox, SmtpSink() as sink:
             started = time.perf_counter()
-            seeded = seed_org(sandbox.store, seed=seed, deals=deals, today=today)
-            seed_seconds = time.perf_counter() - started
+            seeded = seed_org(
+                sandbox.store,
+                seed=seed,
+                deals=deals,
+                today=today,
+                onboarding_days=onboarding_days,
+                recent_share=recent_share,
+            )
+            seeding = {"seeded": seeded, "seed_seconds": round(time.perf_counter() - started, 2)}
             store = StateStore(settings.state.url)
             store.migrate()
             crm = SalesforceCRM.from_settings(_client(sandbox), settings)
-            runs = [_one_run(crm, store, settings, sink, window_end, f"bench-{n}") for n in (1, 2)]
-            store.dispose()
-            return {
-                "deals": deals,
-                "seeded": seeded,
-                "seed_seconds": round(seed_seconds, 2),
-                "runs": runs,
-                "smtp_sessions": sink.sessions,
-                "messages_received": len(sink.messages),
-                "sandbox_api_calls": sandbox.stats()["api_calls"],
-            }
+            try:
+                yield settings, store, crm, sink, sandbox, seeding
+            finally:
+                store.dispose()
 
 
 def _client(sandbox: SandboxServer):
@@ -96,21 +164,24 @@ def _one_run(
 
 def format_report(result: dict[str, Any]) -> str:
     lines = [
-        f"Benchmark: {result['deals']} deals seeded in {result['seed_seconds']} s "
-        f"({result['seeded'].get('recent_won')} recent wins)",
-        f"{'run':<5}{'step':<13}{'seconds':>9}{'API calls':>11}  result",
+        f"Benchmark ({result['scenario']}): {result['deals']} deals seeded in "
+        f"{result['seed_seconds']} s ({result['seeded'].get('recent_won')} recent wins"
+        + (f", {result['onboarding']} clients in onboarding)" if "onboarding" in result else ")"),
+        f"{'run':<9}{'step':<13}{'seconds':>9}{'API calls':>11}  result",
     ]
-    for number, run in enumerate(result["runs"], start=1):
+    runs = result["runs"]
+    named = runs.items() if isinstance(runs, dict) else enumerate(runs, start=1)
+    for number, run in named:
         for step, figures in run.items():
             if not isinstance(figures, dict):
                 continue
             rest = {k: v for k, v in figures.items() if k not in ("seconds", "api_calls")}
             lines.append(
-                f"{number:<5}{step:<13}{figures['seconds']:>9.3f}{figures['api_calls']:>11}  "
+                f"{number!s:<9}{step:<13}{figures['seconds']:>9.3f}{figures['api_calls']:>11}  "
                 f"{json.dumps(rest)}"
             )
         lines.append(
-            f"{number:<5}{'total':<13}{run['total_seconds']:>9.3f}{run['total_api_calls']:>11}"
+            f"{number!s:<9}{'total':<13}{run['total_seconds']:>9.3f}{run['total_api_calls']:>11}"
         )
     lines.append(
         f"SMTP sessions: {result['smtp_sessions']}, messages: {result['messages_received']}, "

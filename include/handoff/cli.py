@@ -47,9 +47,13 @@ def _prepare_airflow() -> Path:
 # -- run ---------------------------------------------------------------------------------------
 
 
-def logical_date_for(day: date | None, now: datetime | None = None) -> datetime:
-    """The DAG's data interval is the day before its logical date: ``--date D`` covers day D;
-    without a date the window ends now."""
+def logical_date_for(
+    day: date | None, now: datetime | None = None, at: datetime | None = None
+) -> datetime:
+    """The run's data interval ends at its logical date: ``--at T`` ends at T, ``--date D``
+    at the end of day D; without either the window ends now."""
+    if at is not None:
+        return at.astimezone(UTC)
     if day is None:
         return (now or datetime.now(UTC)).replace(microsecond=0)
     return datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC)
@@ -97,13 +101,13 @@ def _output_to(log_path: Path, enabled: bool):
 
 
 @contextmanager
-def _one_run_at_a_time(source: str, day: date | None):
+def _one_run_at_a_time(source: str, when: date | str | None):
     """Two runs of one source at once would trip over each other inside Airflow: refuse."""
     import fcntl
 
     home = Path(os.environ["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
-    label = day.isoformat() if day else "the last 24 hours"
+    label = str(when) if when else "now"
     with open(home / f"handoff-run-{source}.lock", "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -125,8 +129,19 @@ class RunInProgress(RuntimeError):
     """Another ``handoff run`` of the same source holds the lock."""
 
 
-def run_dag(source: str, day: date | None, *, verbose: bool = False) -> tuple[int, dict | None]:
-    """One DAG run; returns (exit code, summary). A failed run still returns its summary."""
+def run_dag(
+    source: str,
+    day: date | None,
+    *,
+    verbose: bool = False,
+    at: datetime | None = None,
+    dry_run: bool = False,
+) -> tuple[int, dict | None]:
+    """One DAG run; returns (exit code, summary). A failed run still returns its summary.
+
+    The state store is upgraded first (the local equivalent of a deployment's init step). A
+    dry run returns its report instead of a summary.
+    """
     _prepare_airflow()
     from handoff.config import ConfigError, load_settings
     from handoff.pipeline import safe_name
@@ -139,21 +154,28 @@ def run_dag(source: str, day: date | None, *, verbose: bool = False) -> tuple[in
         return 2, None
     store = StateStore(settings.state.url)
     print(f"State store: {store.location}")
-    store.dispose()
-    log_path = settings.output.run_dir / "airflow.log"
     try:
-        with _one_run_at_a_time(source, day), _output_to(log_path, enabled=not verbose):
+        store.migrate()
+    finally:
+        store.dispose()
+    log_path = settings.output.run_dir / "airflow.log"
+    label = at.isoformat() if at else day
+    try:
+        with _one_run_at_a_time(source, label), _output_to(log_path, enabled=not verbose):
             dag = load_dag(source)
-            dag_run = dag.test(logical_date=logical_date_for(day))
+            dag_run = dag.test(
+                logical_date=logical_date_for(day, at=at), run_conf={"dry_run": dry_run}
+            )
     except RunInProgress as exc:
         print(f"Not started: {exc}", file=sys.stderr)
         return 1, None
-    summary_path = settings.output.run_dir / safe_name(dag_run.run_id) / "summary.json"
+    report = "dry_run.json" if dry_run else "summary.json"
+    summary_path = settings.output.run_dir / safe_name(dag_run.run_id) / report
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     state = str(getattr(dag_run.state, "value", dag_run.state))
     if state == "success" and summary is not None:
         return 0, summary
-    if summary is None:
+    if summary is None or dry_run:
         failed = [ti.task_id for ti in dag_run.get_task_instances() if ti.state != "success"]
         print(
             f"DAG run {dag_run.run_id} ended {state} before it could write its summary; "
@@ -224,13 +246,38 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_once(args: argparse.Namespace) -> int:
-    from handoff.pipeline import format_summary, summary_line
+    from handoff.pipeline import format_dry_run, format_summary, summary_line
 
-    code, summary = run_dag(args.source, args.date, verbose=args.verbose)
-    if summary is not None:
+    code, summary = run_dag(
+        args.source, args.date, verbose=args.verbose, at=args.at, dry_run=args.dry_run
+    )
+    if summary is not None and args.dry_run:
+        print(format_dry_run(summary))
+    elif summary is not None:
         print(format_summary(summary))
         print(summary_line(summary))
     return code
+
+
+def upgrade_store(args: argparse.Namespace) -> int:  # noqa: ARG001
+    """``handoff db upgrade``: bring the state store's schema to this version, once."""
+    from handoff.config import ConfigError, load_settings
+    from handoff.state import StateStore
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return 2
+    store = StateStore(settings.state.url)
+    try:
+        before = store.current_revision()
+        store.migrate()
+        after = store.current_revision()
+        print(f"State store {store.location}: schema {before or '(none)'} -> {after}")
+    finally:
+        store.dispose()
+    return 0
 
 
 def init_store(args: argparse.Namespace) -> int:
@@ -270,14 +317,40 @@ def _date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-23") from exc
 
 
+def _moment(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time like 2026-11-23T14:00:00Z"
+        ) from exc
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone; add Z or +01:00")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="handoff", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="one run of the handoff DAG for a source")
     run.add_argument("--source", choices=SOURCES, default="salesforce")
-    run.add_argument("--date", type=_date, help="process this day (default: the 24 h until now)")
+    when = run.add_mutually_exclusive_group()
+    when.add_argument("--date", type=_date, help="the run as of the end of this day (UTC)")
+    when.add_argument(
+        "--at",
+        type=_moment,
+        help="the run whose data interval ends at this ISO 8601 time (replay any hour)",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show every email, task, skip and hold the run would make; change nothing",
+    )
     run.add_argument("--verbose", action="store_true", help="show Airflow's output")
+
+    db = commands.add_parser("db", help="state store schema")
+    db.add_argument("action", choices=["upgrade"], help="upgrade: migrate to this version")
 
     commands.add_parser(
         "init",
@@ -304,6 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("benchmark", help="time the pipeline on a large sandbox org")
     bench.add_argument("--deals", type=int, default=5000)
+    bench.add_argument(
+        "--scenario",
+        choices=["first-run", "steady-state"],
+        default="first-run",
+        help="first-run: a fresh org, then the next day; steady-state: clients spread over "
+        "their 90 days, adopted at install, then one hourly run",
+    )
+    bench.add_argument(
+        "--onboarding", type=int, default=20000, help="steady-state: clients in onboarding"
+    )
     bench.add_argument("--seed", type=int, default=7)
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
 
@@ -319,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers: dict[str, Any] = {
         "run": lambda: run_once(args),
         "init": lambda: init_store(args),
+        "db": lambda: upgrade_store(args),
         "demo": lambda: run_demo(args),
         "sandbox": lambda: _serve_sandbox(args),
         "smtp-sink": lambda: _serve_sink(args),
@@ -346,10 +430,13 @@ def _serve_sandbox(args: argparse.Namespace) -> int:
 def _benchmark(args: argparse.Namespace) -> int:
     import logging
 
-    from handoff.benchmark import format_report, run_benchmark
+    from handoff.benchmark import format_report, run_benchmark, run_steady_state
 
     logging.disable(logging.ERROR)  # the seeded bad-input deals would flood the report
-    result = run_benchmark(args.deals, seed=args.seed)
+    if args.scenario == "steady-state":
+        result = run_steady_state(args.deals, args.onboarding, seed=args.seed)
+    else:
+        result = run_benchmark(args.deals, seed=args.seed)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 

@@ -7,6 +7,8 @@ Relative paths in the file (the SQLite state store, the run folder, the template
 against the project root, never against the file's own location, so moving or copying the
 configuration file never points a run at a different state store. The project root is
 ``HANDOFF_HOME`` when set, else the folder that holds ``include/`` (``dags/`` beside it).
+The playbook file it names is read and validated with it, so a broken playbook stops a run
+before anything is planned or sent (``HANDOFF_PLAYBOOK`` overrides its path).
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ import os
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError
 
 from handoff.errors import ConfigError
+from handoff.playbook import Playbook, load_playbook
 
 __all__ = ["ConfigError", "Settings", "load_settings", "project_root"]
 
 CONFIG_ENV = "HANDOFF_CONFIG"
 HOME_ENV = "HANDOFF_HOME"
 STATE_URL_ENV = "HANDOFF_STATE_URL"
+PLAYBOOK_ENV = "HANDOFF_PLAYBOOK"
 RUN_DIR_ENV = "HANDOFF_RUN_DIR"
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +50,9 @@ class DetectionSettings(_Section):
     # A year at most: a longer look-back would mail clients about deals long since onboarded.
     lookback_days: int = Field(7, ge=1, le=366)
     extract_overlap_seconds: int = Field(300, ge=0, le=86400)
+    # At first install, also take on clients still inside their 90 days (won before the
+    # look-back): they get only the steps due from then on, nothing they should have had before.
+    adopt_clients_in_progress: bool = False
 
 
 class SenderSettings(_Section):
@@ -60,17 +67,16 @@ class UnsubscribeSettings(_Section):
     url: str | None = None
 
 
-class TaskSettings(_Section):
-    first_contact_due_hours: PositiveInt = 4
-    handoff_meeting_min_amount: float = Field(50000, ge=0)
-    handoff_meeting_due_days: int = Field(2, ge=0)
+class PlaybookSettings(_Section):
+    """Where the 90-day playbook is (validated with the settings, see handoff/playbook.py)."""
+
+    file: Path = Path("include/config/playbook.toml")
 
 
-class TimelineSettings(_Section):
-    kickoff_by_day: PositiveInt = 5
-    first_win_by_day: PositiveInt = 14
-    success_review_day: PositiveInt = 30
-    formal_review_day: PositiveInt = 90
+class ScheduleSettings(_Section):
+    # Hourly by default: a step due at 14:00 goes out in the 14:00-15:00 run, and an hour with
+    # nothing due costs one CRM query.
+    cron: str = Field("0 * * * *", min_length=9)
 
 
 class HandoffFields(_Section):
@@ -115,12 +121,20 @@ class Settings(_Section):
     detection: DetectionSettings = DetectionSettings()
     sender: SenderSettings
     unsubscribe: UnsubscribeSettings
-    tasks: TaskSettings = TaskSettings()
-    timeline: TimelineSettings = TimelineSettings()
+    playbook: PlaybookSettings = PlaybookSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
     salesforce: SalesforceSettings
     dispatch: DispatchSettings = DispatchSettings()
     state: StateSettings = StateSettings()
     output: OutputSettings = OutputSettings()
+    # Not read from the file: the validated playbook that [playbook].file names.
+    steps: Playbook | None = Field(None, exclude=True)
+
+    @property
+    def plan(self) -> Playbook:
+        if self.steps is None:
+            raise ConfigError("the playbook was not loaded (use load_settings)")
+        return self.steps
 
 
 def load_settings(path: str | Path | None = None) -> Settings:
@@ -150,10 +164,13 @@ def _resolve(settings: Settings) -> Settings:
     state_url = _absolute_sqlite_url(state_url, home)
     run_dir = home / Path(os.environ.get(RUN_DIR_ENV) or settings.output.run_dir)
     templates_dir = home / settings.output.templates_dir
+    playbook_file = home / Path(os.environ.get(PLAYBOOK_ENV) or settings.playbook.file)
     return settings.model_copy(
         update={
             "state": StateSettings(url=state_url),
             "output": OutputSettings(run_dir=run_dir, templates_dir=templates_dir),
+            "playbook": PlaybookSettings(file=playbook_file),
+            "steps": load_playbook(playbook_file, templates_dir),
         }
     )
 

@@ -15,6 +15,8 @@ class ActionKind(StrEnum):
 
 class ActionStatus(StrEnum):
     PENDING = "pending"
+    # A client-facing step waiting for the rep's handoff document; released when it is complete.
+    HELD = "held"
     IN_FLIGHT = "in_flight"
     DONE = "done"
     SKIPPED = "skipped"
@@ -67,6 +69,7 @@ class Deal:
     owner: Person | None
     csm: Person | None
     primary_contact: Contact | None = None
+    account_owner: Person | None = None
     # The rep's handoff document: internal notes, never rendered into a client email.
     handoff_doc: dict[str, str | None] = field(default_factory=dict)
 
@@ -97,9 +100,14 @@ class Deal:
             won_at=datetime.fromisoformat(record["won_at"]) if record.get("won_at") else None,
             owner=person(record.get("owner")),
             csm=person(record.get("csm")),
+            account_owner=person(record.get("account_owner")),
             primary_contact=Contact(**contact) if contact else None,
             handoff_doc=dict(record.get("handoff_doc") or {}),
         )
+
+    def missing_handoff_fields(self) -> list[str]:
+        """Keys of the handoff document that are empty (the gate of client-facing steps)."""
+        return [key for key, value in self.handoff_doc.items() if not (value or "").strip()]
 
     def label(self) -> str:
         """How messages name the deal: the CRM id a RevOps engineer can search for, and its name."""
@@ -119,7 +127,12 @@ class DealIssue:
 
 @dataclass(frozen=True)
 class PlannedAction:
-    """One step for one deal; the dedupe key makes it happen at most once, ever."""
+    """One step for one deal, as an outbox row: the dedupe key makes it happen at most once.
+
+    ``due_at`` is when the step may go out (None: at once); ``not_after`` the latest moment it
+    is still sensible (None: no limit). The payload is small: who and what are resolved when
+    the row is dispatched, from the latest snapshot of the deal.
+    """
 
     source: str
     deal_id: str
@@ -128,6 +141,8 @@ class PlannedAction:
     payload: dict[str, Any]
     status: ActionStatus = ActionStatus.PENDING
     reason: str | None = None
+    due_at: datetime | None = None
+    not_after: datetime | None = None
 
     @property
     def dedupe_key(self) -> str:

@@ -11,8 +11,9 @@ import re
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,13 @@ from handoff.mail import (
 from handoff.models import (
     ActionKind,
     ActionStatus,
-    Contact,
     Deal,
-    DealIssue,
     Person,
     WriteResult,
 )
-from handoff.planning import EMAIL_TEMPLATES, plan_deal, task_from_payload
+from handoff.planning import People, Resolution, resolve, task_from_payload
+from handoff.schedule import plan_due_steps
+from handoff.schedule import record as record_plan
 from handoff.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,19 @@ def extract_changes(
 ) -> dict[str, int]:
     """Pull deals changed since the watermark into the store, page by page.
 
+    Contacts are not read here: the primary contact of a deal is re-read right before one of
+    its steps goes out (``refresh_contacts``), the only moment it matters.
+
     The boundary rule: read ``>= watermark - overlap``; a row whose (id, SystemModstamp) is
     already stored is dropped. The watermark moves with each committed page, so a crash resumes
     where it stopped.
     """
     detection = settings.detection
+    # A first extraction reads the look-back window (the whole playbook when adopting clients
+    # in progress).
     window_start = window_end - timedelta(days=detection.lookback_days)
+    if detection.adopt_clients_in_progress:
+        window_start = min(window_start, window_end - settings.plan.last_moment)
     watermark = store.get_watermark(crm.source, DEALS_STREAM)
     since = (
         watermark - timedelta(seconds=detection.extract_overlap_seconds)
@@ -96,14 +104,7 @@ def extract_changes(
         stored = store.stored_modstamps(crm.source, page["deal_id"].tolist())
         known = page["deal_id"].map(stored)
         fresh = page[known.isna() | (pd.to_datetime(known, utc=True) != page["modstamp"])]
-        needs_contact = fresh[
-            fresh["is_won"] & ~fresh["is_deleted"] & (fresh["won_at"] >= window_start)
-        ]
-        contacts = crm.primary_contacts(needs_contact["deal_id"].tolist())
-        rows = [
-            _deal_row(crm, record, contacts.get(record["deal_id"]))
-            for record in fresh.to_dict("records")
-        ]
+        rows = [_deal_row(crm, record) for record in fresh.to_dict("records")]
         newest = page["modstamp"].max().to_pydatetime()
         if watermark is not None:
             newest = max(newest, watermark)
@@ -115,7 +116,7 @@ def extract_changes(
     return {"deals_read": read, "deals_changed": changed, "api_calls": calls}
 
 
-def _deal_row(crm: CrmClient, record: dict[str, Any], contact: Contact | None) -> dict[str, Any]:
+def _deal_row(crm: CrmClient, record: dict[str, Any]) -> dict[str, Any]:
     def person(prefix: str) -> Person | None:
         if not record.get(f"{prefix}_id"):
             return None
@@ -142,7 +143,7 @@ def _deal_row(crm: CrmClient, record: dict[str, Any], contact: Contact | None) -
         won_at=won_at,
         owner=person("owner"),
         csm=person("csm"),
-        primary_contact=contact,
+        account_owner=person("account_owner"),
         handoff_doc={key: record.get(f"doc_{key}") for key in crm.handoff_fields},
     )
     return {
@@ -164,32 +165,44 @@ def _deal_row(crm: CrmClient, record: dict[str, Any], contact: Contact | None) -
 def detect_new_wins(
     store: StateStore, settings: Settings, crm: CrmClient, run: RunContext
 ) -> dict[str, int]:
-    """Deals that became Closed Won inside the look-back window and were never onboarded.
+    """Start onboarding the deals that became Closed Won and were never onboarded.
 
-    Deals that left Closed Won (re-opened, lost, deleted) stop: their pending steps are
-    cancelled. Wins older than the window (or than the store's declared start) are counted,
-    never mailed. A store that has never planned anything first checks that the CRM holds none
-    of our tasks for these deals: if it does, this store is not the one that onboarded them.
+    The look-back window protects the first install only: wins before it are left alone (or,
+    with ``adopt_clients_in_progress``, taken on for their remaining steps). After that, every
+    new win is onboarded, however late it is found, and gets the steps still sensible. Deals
+    that left Closed Won stop (their waiting steps are cancelled); deals won again continue.
+    A store that has never planned anything first checks that the CRM holds none of our tasks
+    for these deals: if it does, this store is not the one that onboarded them.
     """
     source = crm.source
-    window_start = onboarding_window_start(store, settings, run.window_end)
     stopped = store.stop_onboarding_of_lost_deals(source, run.run_id)
+    resumed = store.resume_rewon_deals(source, run.run_id, run.window_end)
     calls_before = crm.api_calls
+    start = onboarding_start(store, settings, source, run.window_end)
     if store.is_fresh():
-        _refuse_a_store_that_missed_our_history(store, crm, window_start, run.window_end)
-    store.start_onboarding(source, window_start, run.window_end, run.run_id)
-    detected = store.onboarding_rows(source=source, detected_run=run.run_id)
-    older = store.count_won_before(source, window_start)
+        _refuse_a_store_that_missed_our_history(store, crm, start.won_from, run.window_end)
+    start.remember(store)
+    detected = store.start_onboarding(
+        source,
+        start.won_from,
+        run.window_end,
+        run.run_id,
+        adopt_before=start.adopt_before,
+        adopted_at=start.adopted_at,
+    )
+    older = store.count_won_before(source, start.won_from)
     log.info(
-        "%s new Closed Won deals, %s stopped, %s won before %s ignored",
+        "%s new Closed Won deals, %s stopped, %s won again, %s won before %s ignored",
         len(detected),
         len(stopped),
+        len(resumed),
         older,
-        window_start,
+        start.won_from,
     )
     return {
         "new_deals": len(detected),
         "stopped_deals": len(stopped),
+        "resumed_deals": len(resumed),
         "older_wins": older,
         "api_calls": crm.api_calls - calls_before,
     }
@@ -198,13 +211,38 @@ def detect_new_wins(
 START_MARK = "onboard_won_after"
 
 
-def onboarding_window_start(
-    store: StateStore, settings: Settings, window_end: datetime
-) -> datetime:
-    """The earliest win a run may onboard: the look-back window, or the store's declared start."""
-    start = window_end - timedelta(days=settings.detection.lookback_days)
+@dataclass(frozen=True)
+class OnboardingStart:
+    """From which win on a source's deals are onboarded, fixed by its first run."""
+
+    source: str
+    first_run: datetime
+    won_from: datetime
+    adopt_before: datetime | None
+    adopted_at: datetime | None
+    is_new: bool
+
+    def remember(self, store: StateStore) -> None:
+        if self.is_new:
+            store.set_meta(f"first_run:{self.source}", self.first_run.isoformat())
+
+
+def onboarding_start(
+    store: StateStore, settings: Settings, source: str, window_end: datetime
+) -> OnboardingStart:
+    """The first run's window end minus the look-back (or minus the whole playbook when
+    adopting clients in progress), never before a start declared by ``handoff init``."""
+    recorded = store.get_meta(f"first_run:{source}")
+    first_run = datetime.fromisoformat(recorded) if recorded else window_end
+    lookback_from = first_run - timedelta(days=settings.detection.lookback_days)
+    won_from, adopt_before, adopted_at = lookback_from, None, None
+    if settings.detection.adopt_clients_in_progress:
+        won_from = first_run - settings.plan.last_moment
+        adopt_before, adopted_at = lookback_from, first_run
     declared = store.get_meta(START_MARK)
-    return max(start, datetime.fromisoformat(declared)) if declared else start
+    if declared:
+        won_from = max(won_from, datetime.fromisoformat(declared))
+    return OnboardingStart(source, first_run, won_from, adopt_before, adopted_at, not recorded)
 
 
 def _refuse_a_store_that_missed_our_history(
@@ -246,35 +284,186 @@ def declare_fresh_start(store: StateStore, at: datetime) -> str | None:
 # -- plan --------------------------------------------------------------------------------------
 
 
-def plan_actions(
+def plan_steps(
     store: StateStore, settings: Settings, source: str, run: RunContext
-) -> dict[str, int]:
-    """Turn each detected deal into outbox actions (once: dedupe keys are unique)."""
-    deal_ids = store.deals_to_plan(source)
-    records = store.deal_records(source, deal_ids)
-    planned = unplannable = 0
-    for deal_id in deal_ids:
-        try:
-            deal = Deal.from_record(records[deal_id])
-            actions, issues = plan_deal(deal, settings)
-        except Exception as exc:  # one deal's bad data must not hold up the others
-            unplannable += 1
-            reason = f"deal {deal_id}: could not be planned ({type(exc).__name__}: {exc}); "
-            reason += "it stays detected and is tried again on the next run"
-            log.error("%s", reason)
-            store.record_issue(
-                DealIssue(source, deal_id, "record", "plan_error", reason), run.run_id
-            )
-            continue
-        planned += store.record_plan(source, deal_id, actions, issues, run.run_id)
-        for issue in issues:
-            log.warning("%s", issue.reason)
-    log.info("Planned %s actions for %s deals", planned, len(deal_ids) - unplannable)
-    return {
-        "deals_planned": len(deal_ids) - unplannable,
-        "deals_unplannable": unplannable,
-        "actions_planned": planned,
+) -> dict[str, Any]:
+    """Put every playbook step due by the end of the window into the outbox, once.
+
+    Waiting steps past their lateness limit are skipped first; then the onboardings that need
+    a look (a step fell due, or the deal changed) are planned together (``handoff.schedule``).
+    """
+    started = time.perf_counter()
+    late = store.skip_late(source, run.window_end, run.run_id)
+    plan = plan_due_steps(store, settings, source, run.window_end)
+    planning = time.perf_counter() - started
+    inserted = record_plan(store, source, run.run_id, plan)
+    for issue in plan.issues:
+        log.warning("%s", issue.reason)
+    counts = {**plan.counts(), "steps_recorded": inserted, "late_skipped": len(late)}
+    counts["planning_ms"] = round(planning * 1000, 1)
+    log.info("Planning: %s", counts)
+    return counts
+
+
+def dry_run(
+    store: StateStore, settings: Settings, crm: CrmClient, run: RunContext
+) -> dict[str, Any]:
+    """Everything this run would do, changing nothing: no mail, no CRM write, no outbox row.
+
+    New wins are planned in memory as detection would start them; every step that would go
+    out is resolved as dispatch would (recipient and subject, owner and due date), and every
+    skip and hold is listed with its reason. RevOps runs it before turning the playbook on.
+    """
+    at, source = run.window_end, crm.source
+    start = onboarding_start(store, settings, source, at)
+    new = store.candidate_snapshots(source, start.won_from, at)
+    for item in new:
+        adopted = start.adopt_before is not None and item["won_at"] < start.adopt_before
+        item.update(adopted_at=start.adopted_at if adopted else None, planned_modstamp=None)
+    plan = plan_due_steps(store, settings, source, at, store.deals_to_plan(source, at) + new)
+    renderer = check_templates(settings)
+    sender = settings.sender
+    people = People(executive=Person(id=f"(the CRM user {sender.email})", name=sender.name))
+    waiting = [r for r in store.unfinished(source) if r["status"] == ActionStatus.PENDING]
+    rows = [r for r in waiting if r["due_at"] <= at] + [
+        {
+            "dedupe_key": a.dedupe_key,
+            "deal_id": a.deal_id,
+            "step": a.step,
+            "kind": a.kind,
+            "status": a.status,
+            "reason": a.reason,
+            "due_at": a.due_at,
+            "payload": a.payload,
+        }
+        for a in plan.actions
+    ]
+    deals = _deals_of(store, source, rows)
+    contacts = crm.primary_contacts(sorted(deals))  # read, as dispatch would; not stored
+    deals = {d: replace(deal, primary_contact=contacts.get(d)) for d, deal in deals.items()}
+    items = [_preview(row, deals, settings, run, people, renderer) for row in rows]
+    for row in store.late_rows(source, at):
+        items.append(
+            {
+                "deal_id": row["deal_id"],
+                "step": row["step"],
+                "kind": row["kind"],
+                "would": "skip",
+                "reason": f"{deal_label(row)}: {row['step']} is past its lateness limit",
+            }
+        )
+    report = {
+        "run_id": run.run_id,
+        "source": source,
+        "window_end": at.isoformat(),
+        "dry_run": True,
+        "new_deals": [item["deal_id"] for item in new],
+        "actions": items,
+        "planning": plan.counts(),
     }
+    folder = run.run_folder(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dry_run.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return report
+
+
+def _preview(row, deals, settings, run, people, renderer) -> dict[str, Any]:
+    item = {"deal_id": row["deal_id"], "step": row["step"], "kind": row["kind"]}
+    if row["status"] != ActionStatus.PENDING:
+        would = "hold" if row["status"] == ActionStatus.HELD else "skip"
+        return {**item, "would": would, "reason": row["reason"]}
+    resolved = _resolve_row(row, deals, settings, run, people)
+    if not resolved.ready:
+        return {
+            **item,
+            "would": str(resolved.status).removesuffix("ped"),
+            "reason": resolved.reason,
+        }
+    payload = resolved.payload
+    if row["kind"] == ActionKind.EMAIL:
+        subject = renderer.render(payload["template"], payload["context"]).subject
+        return {**item, "would": "send", "to": payload["to"]["email"], "subject": subject}
+    return {
+        **item,
+        "would": "create",
+        "owner_id": payload["owner_id"],
+        "subject": payload["subject"],
+        "due_date": payload["due_date"],
+    }
+
+
+def format_dry_run(report: dict[str, Any]) -> str:
+    """The dry run as a person reads it: one line per email, task, skip or hold."""
+    lines = [
+        f"DRY RUN {report['run_id']} ({report['source']}), as of {report['window_end']}: "
+        "nothing was sent, written or recorded",
+        f"New Closed Won deals it would start: {len(report['new_deals'])}",
+    ]
+    for item in report["actions"]:
+        head = f"  - [{item['would']}] {item['kind']} {item['step']} for {item['deal_id']}"
+        if item["would"] == "send":
+            lines.append(f"{head} to {item['to']}: {item['subject']!r}")
+        elif item["would"] == "create":
+            lines.append(
+                f"{head} owner {item['owner_id']}, due {item['due_date']}: {item['subject']!r}"
+            )
+        else:
+            lines.append(f"{head}: {item['reason']}")
+    return "\n".join(lines)
+
+
+# -- resolve -----------------------------------------------------------------------------------
+
+
+def refresh_contacts(crm: CrmClient, store: StateStore, run: RunContext) -> dict[str, int]:
+    """Re-read the primary contact of every deal with a step going out now.
+
+    A contact's opt-out or new address does not change the deal in the CRM, so the deal
+    snapshot cannot know it: consent is checked against what the CRM says at dispatch time.
+    Nothing due: no call.
+    """
+    calls_before = crm.api_calls
+    deal_ids = store.due_deals(crm.source, run.window_end)
+    if deal_ids:
+        found = crm.primary_contacts(deal_ids)
+        store.update_contacts(
+            crm.source,
+            {d: (asdict(found[d]) if d in found else None) for d in deal_ids},
+        )
+    return {"deals_refreshed": len(deal_ids), "api_calls": crm.api_calls - calls_before}
+
+
+def _deals_of(store: StateStore, source: str, rows: list[dict[str, Any]]) -> dict[str, Deal]:
+    records = store.deal_records(source, {row["deal_id"] for row in rows})
+    return {deal_id: Deal.from_record(record) for deal_id, record in records.items()}
+
+
+def _resolve_row(
+    row: dict[str, Any],
+    deals: dict[str, Deal],
+    settings: Settings,
+    run: RunContext,
+    people: People | None = None,
+) -> Resolution:
+    """The row's step for its deal, from the latest snapshot (who and what, decided now)."""
+    step = settings.plan.step(row["step"])
+    label = deal_label(row)
+    if step is None:
+        return Resolution(
+            ActionStatus.SKIPPED,
+            {},
+            f"{label}: {row['step']} is no longer a step of the playbook "
+            f"({settings.playbook.file}); it is not sent",
+        )
+    deal = deals.get(row["deal_id"])
+    if deal is None:
+        return Resolution(ActionStatus.FAILED, {}, f"{label}: no snapshot of the deal is stored")
+    try:
+        return resolve(deal, step, settings, people or People(), row["due_at"], run.window_end)
+    except Exception as exc:  # one deal's bad data must not hold up the others
+        return Resolution(
+            ActionStatus.FAILED, {}, f"{label}: {row['step']} could not be prepared: {exc}"
+        )
 
 
 # -- send emails -------------------------------------------------------------------------------
@@ -291,7 +480,7 @@ def check_templates(settings: Settings) -> EmailRenderer:
             "unsubscribe_mailto": str(settings.unsubscribe.mailto),
         },
     )
-    for template in EMAIL_TEMPLATES:
+    for template in settings.plan.templates:
         renderer.check(template)
     return renderer
 
@@ -304,7 +493,8 @@ def send_emails(
     *,
     source: str,
 ) -> dict[str, int]:
-    """Send every pending email of ``source`` once, over one SMTP connection.
+    """Send every email of ``source`` due by the end of the window once, over one SMTP
+    connection, each resolved from the latest snapshot of its deal right before it goes out.
 
     Before anything is claimed the templates must load and the connection must open, so a
     configuration error never touches a row. Rows are claimed a few at a time and each is marked
@@ -312,7 +502,7 @@ def send_emails(
     flight is sent if it was never attempted, and held as ``unconfirmed`` (never re-sent) if it
     was. A temporary failure puts the unsent rows back and raises, so the retry continues.
     """
-    counts = {"emails_sent": 0, "emails_failed": 0, "emails_unconfirmed": 0}
+    counts = {"emails_sent": 0, "emails_skipped": 0, "emails_failed": 0, "emails_unconfirmed": 0}
     renderer = check_templates(settings)
     lease = timedelta(seconds=settings.dispatch.lease_seconds)
     for row in store.take_over_stale(source, ActionKind.EMAIL, run.worker, lease):
@@ -320,9 +510,10 @@ def send_emails(
             f"{deal_label(row)}: {row['step']}: the attempt that was sending it stopped after "
             "handing the message to the SMTP server and before recording its answer"
         )
-        _hold_unconfirmed(store, run, row, reason)
+        _hold_unconfirmed(store, run, row, reason, str(settings.sender.email))
         counts["emails_unconfirmed"] += 1
-    if not store.has_rows(source, ActionKind.EMAIL, ActionStatus.PENDING):
+    due_by = run.window_end
+    if not store.has_rows(source, ActionKind.EMAIL, ActionStatus.PENDING, due_by=due_by):
         return counts
     unsubscribe = Unsubscribe(str(settings.unsubscribe.mailto), settings.unsubscribe.url)
     folder = run.run_folder(settings) / "emails"
@@ -331,9 +522,19 @@ def send_emails(
             transport = stack.enter_context(open_transport())
         except Exception as exc:  # nothing is claimed yet: the retry starts afresh
             raise classify(exc) from exc
-        while batch := store.claim(source, ActionKind.EMAIL, run.worker, limit=EMAIL_CLAIM):
+        claim = partial(store.claim, source, ActionKind.EMAIL, run.worker, due_by=due_by)
+        while batch := claim(limit=EMAIL_CLAIM):
+            deals = _deals_of(store, source, batch)
             for index, row in enumerate(batch):
                 try:
+                    resolved = _resolve_row(row, deals, settings, run)
+                    for issue in resolved.issues:
+                        store.record_issue(issue, run.run_id)
+                    if not resolved.ready:
+                        _close(store, run, row, resolved.status, resolved.reason, None)
+                        counts[f"emails_{resolved.status}"] += 1
+                        continue
+                    row = {**row, "payload": resolved.payload}
                     _send_one(store, run, renderer, transport, unsubscribe, folder, row, counts)
                 except BaseException as exc:
                     # A temporary SMTP error is an answer: the message was not taken. Any other
@@ -377,7 +578,8 @@ def _send_one(store, run, renderer, transport, unsubscribe, folder, row, counts)
         counts["emails_failed"] += 1
         return
     except MailOutcomeUnknown as exc:
-        _hold_unconfirmed(store, run, row, f"{deal_label(row)}: {row['step']}: {exc}")
+        what = f"{deal_label(row)}: {row['step']}: {exc}"
+        _hold_unconfirmed(store, run, row, what, row["payload"]["from"]["email"])
         counts["emails_unconfirmed"] += 1
         # The connection is gone: the rest of the batch goes back and the retry goes on.
         raise TransientMailError(f"the SMTP connection dropped while sending {key}") from exc
@@ -389,8 +591,10 @@ def _send_one(store, run, renderer, transport, unsubscribe, folder, row, counts)
         log.warning("Could not keep a copy of %s: %s", message["Message-ID"], exc)
 
 
-def _hold_unconfirmed(store: StateStore, run: RunContext, row: dict[str, Any], what: str) -> None:
-    mid = message_id(row["dedupe_key"], row["payload"]["from"]["email"])
+def _hold_unconfirmed(
+    store: StateStore, run: RunContext, row: dict[str, Any], what: str, sender: str
+) -> None:
+    mid = message_id(row["dedupe_key"], sender)
     reason = (
         f"{what}; it may have been delivered, so it is not sent again. Look for Message-ID "
         f"{mid} in the SMTP server's log and send it by hand only if it is absent"
@@ -401,12 +605,19 @@ def _hold_unconfirmed(store: StateStore, run: RunContext, row: dict[str, Any], w
 
 def _fail_email(store, run, row, reason: str, external_id: str | None = None) -> None:
     log.error("%s", reason)
-    _close(store, run, row, ActionStatus.FAILED, reason, external_id)
+    _close(store, run, row, ActionStatus.FAILED, reason, external_id, row["payload"])
 
 
-def _close(store, run, row, status: ActionStatus, reason: str | None, external_id) -> None:
+def _close(store, run, row, status, reason, external_id, payload=None) -> None:
+    """Record a row's outcome, with the resolved payload of what went out (for the summary)."""
     store.finish(
-        row["dedupe_key"], run.worker, status, run.run_id, external_id=external_id, reason=reason
+        row["dedupe_key"],
+        run.worker,
+        status,
+        run.run_id,
+        external_id=external_id,
+        reason=reason,
+        payload=payload,
     )
 
 
@@ -421,7 +632,7 @@ def _record_sent(store, run, row, message, refused, counts) -> None:
         status = ActionStatus.DONE
         counts["emails_sent"] += 1
         log.info("Sent %s to %s as %s", row["step"], client, message["Message-ID"])
-    _close(store, run, row, status, reason, message["Message-ID"])
+    _close(store, run, row, status, reason, message["Message-ID"], row["payload"])
 
 
 def deal_label(row: dict[str, Any]) -> str:
@@ -446,8 +657,11 @@ def write_tasks(
     only the missing ones written again.
     """
     calls_before = crm.api_calls
-    counts = {"tasks_created": 0, "tasks_failed": 0, "tasks_reconciled": 0}
-    if store.has_rows(crm.source, ActionKind.TASK, ActionStatus.PENDING, ActionStatus.IN_FLIGHT):
+    counts = {"tasks_created": 0, "tasks_skipped": 0, "tasks_failed": 0, "tasks_reconciled": 0}
+    source, due_by = crm.source, run.window_end
+    if store.has_rows(source, ActionKind.TASK, ActionStatus.IN_FLIGHT) or store.has_rows(
+        source, ActionKind.TASK, ActionStatus.PENDING, due_by=due_by
+    ):
         crm.check_task_setup()  # a configuration error stops the run before any claim
         dispatch = _TaskDispatch(crm, store, settings, run, counts)
         lease = timedelta(seconds=settings.dispatch.lease_seconds)
@@ -455,10 +669,11 @@ def write_tasks(
         for batch in chunked(orphans, crm.write_batch_size):
             cause = "an earlier attempt stopped after sending them, before recording the answer"
             dispatch.settle(list(batch), cause)
-        limit = crm.write_batch_size
-        while batch := store.claim(crm.source, ActionKind.TASK, run.worker, limit=limit):
-            held = store.mark_attempted([r["dedupe_key"] for r in batch], run.worker)
-            dispatch.write([r for r in batch if r["dedupe_key"] in held])
+        claim = partial(store.claim, source, ActionKind.TASK, run.worker, due_by=due_by)
+        while batch := claim(limit=crm.write_batch_size):
+            ready = dispatch.prepare(batch)
+            held = store.mark_attempted([r["dedupe_key"] for r in ready], run.worker)
+            dispatch.write([r for r in ready if r["dedupe_key"] in held])
     counts["api_calls"] = crm.api_calls - calls_before
     return counts
 
@@ -468,7 +683,44 @@ class _TaskDispatch:
 
     def __init__(self, crm, store, settings, run, counts) -> None:
         self.crm, self.store, self.run, self.counts = crm, store, run, counts
+        self.settings = settings
         self.delay = settings.dispatch.reconcile_delay_seconds
+        self.tasks: dict[str, dict[str, Any]] = {}  # resolved task payloads, by dedupe key
+        self._people: People | None = None
+
+    @property
+    def people(self) -> People:
+        """The configured executive as a CRM user (looked up once a run, when a step needs it)."""
+        if self._people is None:
+            email = str(self.settings.sender.email)
+            found = self.crm.users_by_email([email]).get(email.lower())
+            self._people = People(executive=found)
+        return self._people
+
+    def prepare(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Resolve each row from its deal's latest snapshot; record the ones that cannot be."""
+        deals = _deals_of(self.store, self.crm.source, rows)
+        ready, outcomes = [], []
+        for row in rows:
+            step = self.settings.plan.step(row["step"])
+            needs_people = step is not None and "executive" in (step.owner, step.fallback_owner)
+            people = self.people if needs_people else None
+            resolved = _resolve_row(row, deals, self.settings, self.run, people)
+            if resolved.ready:
+                self.tasks[row["dedupe_key"]] = resolved.payload
+                ready.append(row)
+                continue
+            self.counts[f"tasks_{resolved.status}"] += 1
+            log.warning("%s", resolved.reason)
+            outcomes.append(
+                {
+                    "dedupe_key": row["dedupe_key"],
+                    "status": resolved.status,
+                    "reason": resolved.reason,
+                }
+            )
+        self.store.finish_many(outcomes, self.run.worker, self.run.run_id)
+        return ready
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         if rows and (cause := self._attempt(rows)):
@@ -478,7 +730,14 @@ class _TaskDispatch:
     def _attempt(self, rows: list[dict[str, Any]]) -> str | None:
         """Write the rows once and record the answers; return why the outcome is unknown."""
         try:
-            results = self.crm.create_tasks([task_from_payload(r["payload"]) for r in rows])
+            missing = [r for r in rows if r["dedupe_key"] not in self.tasks]
+            if missing:  # rows an earlier attempt left in flight: resolve them now
+                self.prepare(missing)
+                rows = [r for r in rows if r["dedupe_key"] in self.tasks]
+                if not rows:
+                    return None
+            tasks = [task_from_payload(self.tasks[r["dedupe_key"]]) for r in rows]
+            results = self.crm.create_tasks(tasks)
         except (CrmUnavailable, CrmFatalError) as exc:  # refused: nothing was written
             keys = [r["dedupe_key"] for r in rows]
             self.store.release(keys, self.run.worker, str(exc), refused=True)
@@ -527,6 +786,7 @@ class _TaskDispatch:
                         "dedupe_key": row["dedupe_key"],
                         "status": ActionStatus.DONE,
                         "external_id": result.external_id,
+                        "payload": self.tasks.get(row["dedupe_key"]),
                     }
                 )
                 continue
@@ -561,7 +821,8 @@ def steps_in_order(
     return {
         "extract": lambda: extract_changes(crm, store, settings, window_end),
         "detect": lambda: detect_new_wins(store, settings, crm, run("detect")),
-        "plan": lambda: plan_actions(store, settings, crm.source, run("plan")),
+        "plan": lambda: plan_steps(store, settings, crm.source, run("plan")),
+        "resolve": lambda: refresh_contacts(crm, store, run("resolve")),
         "send_emails": lambda: send_emails(
             store, settings, open_transport, run("send_emails"), source=crm.source
         ),
@@ -582,7 +843,7 @@ def summarise(
     """
     detected = store.onboarding_rows(source=source, detected_run=run.run_id)
     records = store.deal_records(source, [row["deal_id"] for row in detected])
-    finished = store.actions(finished_run=run.run_id)
+    finished = store.actions(finished_run=run.run_id, source=source)
     folder = run.run_folder(settings)
     emails_dir = folder / "emails"
     lease = timedelta(seconds=settings.dispatch.lease_seconds)
@@ -652,6 +913,11 @@ def _waiting(row: dict[str, Any], lease: timedelta) -> dict[str, Any]:
     """Why an email or task is still not done, and when it is tried again."""
     item = {"deal_id": row["deal_id"], "step": row["step"], "status": row["status"]}
     label = deal_label(row)
+    if row["status"] == ActionStatus.HELD:
+        limit = f"{row['not_after']:%Y-%m-%d %H:%M} UTC" if row["not_after"] else "no limit"
+        item["reason"] = f"{row['reason']} (at the latest by {limit}; after that it is skipped)"
+        item["retry_at"] = "the first run after the handoff document is complete"
+        return item
     if row["status"] == ActionStatus.PENDING:
         why = f" (last try: {row['reason']})" if row["reason"] else ""
         item["reason"] = f"{label}: {row['step']} is due and goes out on the next run{why}"
@@ -706,6 +972,7 @@ def summary_line(summary: dict[str, Any]) -> str:
             "run_id": summary["run_id"],
             **{k: summary[k] for k in keys},
             "waiting": len(summary["waiting"]),
+            "held": sum(1 for w in summary["waiting"] if w["status"] == ActionStatus.HELD),
             "new_deals": len(summary["new_deals"]),
             "failed_steps": [f["step"] for f in summary["failed_steps"]],
         }

@@ -1,15 +1,18 @@
-"""What to do for a newly won deal: the day-0 steps, each checked against the deal's data.
+"""What one playbook step becomes for one deal, resolved when it is dispatched.
 
-A planned action that cannot happen (no primary contact, opted out, no owner for a task...) is
-recorded as *skipped* with a reason naming the deal and the field, so RevOps can fix the data;
-the other steps of the deal and the other deals go on.
+The planner only records *which* step is due *when*; this module decides *who* and *what* from
+the latest snapshot of the deal (plan early, resolve late): a contact who opted out since gets
+no mail, a CSM replaced since signs the next check-in. The guards (a primary contact, a valid
+address, consent, an active owner) are shared by every step. A step that cannot happen is
+*skipped* (the client cannot be written to) or *failed* (no one can own the task), with a
+reason naming the deal and the field; the other steps and deals go on.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -17,20 +20,14 @@ from email_validator import EmailNotValidError, validate_email
 
 from handoff.config import Settings
 from handoff.models import (
-    ActionKind,
     ActionStatus,
     CrmTask,
     Deal,
     DealIssue,
     Person,
-    PlannedAction,
     dedupe_key,
 )
-
-WELCOME_EMAIL = "welcome_email"
-FIRST_CS_CONTACT = "first_cs_contact"
-HANDOFF_MEETING = "internal_handoff_meeting"
-EMAIL_TEMPLATES = ("welcome",)  # every template a planned email may name (checked before sending)
+from handoff.playbook import ROLE_NAMES, Step, describe
 
 HANDOFF_DOC_LABELS = {
     "situation": "Situation (client's words)",
@@ -46,15 +43,37 @@ HANDOFF_DOC_LABELS = {
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
 
 
-def plan_deal(deal: Deal, settings: Settings) -> tuple[list[PlannedAction], list[DealIssue]]:
-    """The day-0 actions for one won deal, plus the data issues found on the way."""
+@dataclass(frozen=True)
+class Resolution:
+    """A step resolved for a deal: ready (pending) with its payload, or skipped/failed."""
+
+    status: ActionStatus
+    payload: dict[str, Any]
+    reason: str | None = None
+    # Data problems noticed while resolving (the contact is only read at dispatch time).
+    issues: tuple[DealIssue, ...] = ()
+
+    @property
+    def ready(self) -> bool:
+        return self.status == ActionStatus.PENDING
+
+
+@dataclass(frozen=True)
+class People:
+    """CRM users a step may need besides the deal's own: the configured executive."""
+
+    executive: Person | None = None
+
+
+def deal_issues(deal: Deal, settings: Settings) -> list[DealIssue]:
+    """Data problems of a deal, recorded once so RevOps can fix them (the steps go on)."""
     issues: list[DealIssue] = []
     fields = _FieldNames(settings)
     if deal.owner is None:
         issues.append(
             _issue(deal, "OwnerId", "missing_owner", "the deal has no owner, so no rep is Cc'd")
         )
-    deal = _active_people(deal, fields, issues)
+    _active_people(deal, fields, issues)
     if deal.amount is not None and deal.amount < 0:
         issues.append(
             _issue(
@@ -64,25 +83,60 @@ def plan_deal(deal: Deal, settings: Settings) -> tuple[list[PlannedAction], list
                 f"the amount is negative ({deal.amount:,.2f}); it is treated as not set",
             )
         )
-        deal = replace(deal, amount=None)
     elif deal.amount is None:
         issues.append(
             _issue(
                 deal,
                 "Amount",
                 "missing_amount",
-                "the deal has no amount, so the internal handoff meeting rule "
-                f"(amount >= {settings.tasks.handoff_meeting_min_amount:,.0f}) cannot be applied",
+                "the deal has no amount, so steps that depend on the amount (the internal "
+                "handoff meeting, the executive sponsor check-in) cannot be applied",
             )
         )
-    actions = [
-        _welcome_email(deal, settings, issues),
-        _first_contact_task(deal, settings, fields),
-    ]
-    meeting = _handoff_meeting_task(deal, settings, fields)
-    if meeting is not None:
-        actions.append(meeting)
-    return actions, issues
+    issues += display_issues(deal)
+    missing = deal.missing_handoff_fields()
+    if missing:
+        names = ", ".join(f"{HANDOFF_DOC_LABELS[k]} ({fields.doc[k]})" for k in missing)
+        issues.append(
+            _issue(
+                deal,
+                "handoff document",
+                "handoff_doc_incomplete",
+                f"the handoff document is incomplete; missing: {names}",
+            )
+        )
+    return issues
+
+
+def display_issues(deal: Deal) -> list[DealIssue]:
+    """Names shown to the client that carried line breaks or control marks (cleaned first)."""
+    contact = deal.primary_contact
+    issues = []
+    for field, value in (
+        ("Contact.FirstName", contact.first_name if contact else None),
+        ("Contact.Name", contact.name if contact else None),
+        ("Account.Name", deal.account_name),
+    ):
+        if value and _CONTROL.search(value):
+            issues.append(
+                _issue(
+                    deal,
+                    field,
+                    "control_characters",
+                    "contains line breaks, control characters or bidirectional marks; they "
+                    "were replaced by spaces",
+                )
+            )
+    return issues
+
+
+def resolve(
+    deal: Deal, step: Step, settings: Settings, people: People, planned_at: datetime, now: datetime
+) -> Resolution:
+    """What ``step`` is for ``deal`` now: an email or a task payload, or why it cannot be."""
+    if step.kind == "email":
+        return _email(deal, step, settings, now)
+    return _task(deal, step, settings, people, planned_at, now)
 
 
 class _FieldNames:
@@ -133,119 +187,87 @@ def _active_people(deal: Deal, fields: _FieldNames, issues: list[DealIssue]) -> 
     return replace(deal, owner=people["owner"], csm=people["csm"])
 
 
+def _skip(deal: Deal, field: str, what: str) -> Resolution:
+    return Resolution(ActionStatus.SKIPPED, {}, f"{deal.label()}: {field}: {what}")
+
+
 def _issue(deal: Deal, field: str, code: str, what: str) -> DealIssue:
     return DealIssue(deal.source, deal.deal_id, field, code, f"{deal.label()}: {field}: {what}")
 
 
-def _skipped(deal: Deal, step: str, kind: ActionKind, field: str, what: str) -> PlannedAction:
-    return PlannedAction(
-        deal.source,
-        deal.deal_id,
-        step,
-        kind,
-        payload={},
-        status=ActionStatus.SKIPPED,
-        reason=f"{deal.label()}: {field}: {what}",
-    )
+# -- emails --------------------------------------------------------------------------------------
 
 
-# -- the welcome email -------------------------------------------------------------------------
-
-
-def _welcome_email(deal: Deal, settings: Settings, issues: list[DealIssue]) -> PlannedAction:
-    step, kind = WELCOME_EMAIL, ActionKind.EMAIL
+def _email(deal: Deal, step: Step, settings: Settings, now: datetime) -> Resolution:
+    fields = _FieldNames(settings)
+    deal = _active_people(deal, fields, [])
     contact = deal.primary_contact
     if contact is None:
-        return _skipped(
+        return _skip(
             deal,
-            step,
-            kind,
             "OpportunityContactRole.IsPrimary",
-            "no primary contact on the deal; add one and the welcome can be sent by hand",
+            "no primary contact on the deal; add one and the email can be sent by hand",
         )
     if contact.opted_out:
-        return _skipped(
+        return _skip(
             deal,
-            step,
-            kind,
             "Contact.HasOptedOutOfEmail",
-            f"primary contact {contact.id} opted out of email; no welcome email is sent",
+            f"primary contact {contact.id} opted out of email; no {step.id} is sent",
         )
     if not (contact.email or "").strip():
-        return _skipped(
-            deal, step, kind, "Contact.Email", f"primary contact {contact.id} has no email address"
-        )
+        return _skip(deal, "Contact.Email", f"primary contact {contact.id} has no email address")
     try:
         to_address = validate_email(contact.email.strip(), check_deliverability=False).normalized
     except EmailNotValidError as exc:
-        return _skipped(
+        return _skip(
             deal,
-            step,
-            kind,
             "Contact.Email",
             f"primary contact {contact.id} has an invalid address {contact.email!r}: {exc}",
         )
-    first_name = _display_text(deal, "Contact.FirstName", contact.first_name, issues)
-    contact_name = _display_text(deal, "Contact.Name", contact.name, issues)
-    account = _display_text(deal, "Account.Name", deal.account_name, issues)
-    won_day = _won_at(deal).date()
+    first_name = _clean(contact.first_name)
+    contact_name = _clean(contact.name)
+    account = _clean(deal.account_name)
     sender = settings.sender
     # Only active people with a usable address are copied, and only they are named as copied.
     copied = {role: p for role, p in (("rep", deal.owner), ("csm", deal.csm)) if p and p.email}
     cc = [_mailbox(person) for person in copied.values()]
+    csm = deal.csm
+    won_at = _won_at(deal)
+    day = max(0, (now - won_at).days)
     # Only client-safe fields go into the email context; the handoff document never does.
     context = {
         "contact_first_name": first_name or contact_name or "there",
+        "contact_name": contact_name or first_name or "there",
         "account_name": account or "your team",
         "sender_name": sender.name,
         "sender_title": sender.title,
+        "signer_name": _clean(csm.name) if csm else sender.name,
+        "signer_title": "Customer Success Manager" if csm else sender.title,
         "company": sender.company,
-        "csm_name": _clean(deal.csm.name) if deal.csm else None,
-        "csm_email": deal.csm.email if deal.csm else None,
+        "csm_name": _clean(csm.name) if csm else None,
+        "csm_email": csm.email if csm else None,
         "rep_name": _clean(copied["rep"].name) if "rep" in copied else None,
-        "timeline": _timeline(won_day, settings),
+        "timeline": _timeline(won_at, settings),
+        "day": day,
+        "week": day // 7,
     }
     payload = {
         "deal_label": deal.label(),
-        "template": "welcome",
+        "template": step.template,
         "from": {"name": sender.name, "email": str(sender.email)},
         "to": {"name": contact_name, "email": to_address},
         "cc": cc,
         "context": context,
     }
-    return PlannedAction(deal.source, deal.deal_id, step, kind, payload)
+    return Resolution(ActionStatus.PENDING, payload, issues=tuple(display_issues(deal)))
 
 
-def _timeline(won_day: date, settings: Settings) -> list[dict[str, str]]:
-    timeline = settings.timeline
-    milestones = [
-        ("Kickoff call", timeline.kickoff_by_day),
-        ("First visible win", timeline.first_win_by_day),
-        ("30-day success review", timeline.success_review_day),
-        ("90-day review", timeline.formal_review_day),
-    ]
+def _timeline(won_at: datetime, settings: Settings) -> list[dict[str, str]]:
+    """The milestones the playbook labels for clients, dated from the win."""
     return [
-        {"label": label, "date": (won_day + timedelta(days=days)).isoformat()}
-        for label, days in milestones
+        {"label": label, "date": (won_at + offset).date().isoformat()}
+        for label, offset in settings.plan.timeline_milestones()
     ]
-
-
-def _display_text(deal: Deal, field: str, value: str | None, issues: list[DealIssue]) -> str:
-    """Names go into headers and greetings: no line breaks or control characters survive."""
-    if not value:
-        return ""
-    cleaned = _clean(value)
-    if _CONTROL.search(value):
-        issues.append(
-            _issue(
-                deal,
-                field,
-                "control_characters",
-                "contains line breaks, control characters or bidirectional marks; they were "
-                "replaced by spaces",
-            )
-        )
-    return cleaned
 
 
 def _clean(text: str | None) -> str:
@@ -257,91 +279,81 @@ def _mailbox(person: Person) -> dict[str, str]:
     return {"name": _clean(person.name), "email": person.email or ""}
 
 
-# -- CRM tasks ---------------------------------------------------------------------------------
+# -- CRM tasks -----------------------------------------------------------------------------------
 
 
-def _task_owner(deal: Deal, step: str, fields: _FieldNames) -> Person | PlannedAction:
-    """CS tasks belong to the active CSM; without one, to the active rep; else the step skips."""
-    owner = deal.csm if deal.csm is not None else deal.owner
-    if owner is not None:
-        return owner
-    return _skipped(
-        deal,
-        step,
-        ActionKind.TASK,
-        fields.csm,
-        f"the deal has neither an active CSM nor an active owner to own the {step} task",
-    )
-
-
-def _first_contact_task(deal: Deal, settings: Settings, fields: _FieldNames) -> PlannedAction:
-    step = FIRST_CS_CONTACT
-    owner = _task_owner(deal, step, fields)
-    if isinstance(owner, PlannedAction):
-        return owner
-    won_at = _won_at(deal)
-    due = won_at + timedelta(hours=settings.tasks.first_contact_due_hours)
-    hours = settings.tasks.first_contact_due_hours
-    note = None if deal.csm else f"No active CSM on the deal ({fields.csm}); assigned to the rep."
-    task = CrmTask(
-        dedupe_key=dedupe_key(deal.source, deal.deal_id, step),
-        deal_id=deal.deal_id,
-        contact_id=deal.primary_contact.id if deal.primary_contact else None,
-        owner_id=owner.id,
-        subject=_subject(f"First CS contact (due within {hours} h)", deal),
-        due_date=due.date(),
-        priority="High",
-        description=_description(
-            deal,
-            fields,
-            f"Reach the client within {hours} hours of the close: by {due:%Y-%m-%d %H:%M} UTC.",
-            note,
-        ),
-        remind_at=due,
-    )
-    return PlannedAction(
-        deal.source, deal.deal_id, step, ActionKind.TASK, _task_payload(task, deal)
-    )
-
-
-def _handoff_meeting_task(
-    deal: Deal, settings: Settings, fields: _FieldNames
-) -> PlannedAction | None:
-    step = HANDOFF_MEETING
-    threshold = settings.tasks.handoff_meeting_min_amount
-    if deal.amount is None:
-        return _skipped(
-            deal,
-            step,
-            ActionKind.TASK,
-            "Amount",
-            f"the deal has no amount; the meeting is planned for deals >= {threshold:,.0f}",
+def _task(
+    deal: Deal, step: Step, settings: Settings, people: People, planned_at: datetime, now: datetime
+) -> Resolution:
+    fields = _FieldNames(settings)
+    deal = _active_people(deal, fields, [])
+    owner, note = _owner(deal, step, people, fields)
+    if owner is None:
+        tried = " or ".join(ROLE_NAMES[r] for r in (step.owner, step.fallback_owner) if r)
+        return Resolution(
+            ActionStatus.FAILED,
+            {},
+            f"{deal.label()}: {_role_field(step.owner, fields)}: no active user is "
+            f"{tried}, so nobody can own the {step.id} task; set one and create it by hand",
         )
-    if deal.amount < threshold:
-        return None
-    owner = _task_owner(deal, step, fields)
-    if isinstance(owner, PlannedAction):
-        return owner
-    won_day = _won_at(deal).date()
-    rep = deal.owner.name if deal.owner else "(no owner on the deal)"
+    due = max(planned_at + step.due, now)
+    ask = step.ask or ""
+    missing = deal.missing_handoff_fields()
+    if step.conditions.handoff_doc == "incomplete" and missing:
+        ask += "\nMissing: " + "; ".join(
+            f"{HANDOFF_DOC_LABELS[k]} ({fields.doc[k]})" for k in missing
+        )
+    if step.due:
+        ask += f"\nDue {describe(step.due)} after {planned_at:%Y-%m-%d %H:%M} UTC: "
+        ask += f"by {due:%Y-%m-%d %H:%M} UTC."
     task = CrmTask(
-        dedupe_key=dedupe_key(deal.source, deal.deal_id, step),
+        dedupe_key=dedupe_key(deal.source, deal.deal_id, step.id),
         deal_id=deal.deal_id,
         contact_id=deal.primary_contact.id if deal.primary_contact else None,
         owner_id=owner.id,
-        subject=_subject("Internal handoff meeting (AE + CSM)", deal),
-        due_date=won_day + timedelta(days=settings.tasks.handoff_meeting_due_days),
-        priority="Normal",
-        description=_description(
-            deal,
-            fields,
-            f"Walk through the handoff document with the rep ({rep}) before the kickoff.",
-            None,
-        ),
+        subject=_subject(step.subject or step.id, deal),
+        due_date=due.date(),
+        priority=step.priority,
+        description=_description(deal, fields, ask, note),
+        remind_at=due if step.due < timedelta(days=1) else None,
     )
-    return PlannedAction(
-        deal.source, deal.deal_id, step, ActionKind.TASK, _task_payload(task, deal)
+    return Resolution(ActionStatus.PENDING, _task_payload(task, deal))
+
+
+def _owner(
+    deal: Deal, step: Step, people: People, fields: _FieldNames
+) -> tuple[Person | None, str | None]:
+    """The step's owner role, else its fallback role; the note says when the fallback was used."""
+    people_by_role = {
+        "ae": deal.owner,
+        "csm": deal.csm,
+        "executive": people.executive if people.executive and people.executive.is_active else None,
+        "account_owner": deal.account_owner
+        if deal.account_owner and deal.account_owner.is_active
+        else None,
+    }
+    owner = people_by_role.get(step.owner or "")
+    if owner is not None:
+        return owner, None
+    fallback = people_by_role.get(step.fallback_owner or "")
+    if fallback is None:
+        return None, None
+    note = (
+        f"No active {ROLE_NAMES[step.owner or '']} on the deal; assigned to "
+        f"{ROLE_NAMES[step.fallback_owner or '']}."
     )
+    if step.owner == "csm" and step.fallback_owner == "ae":
+        note = f"No active CSM on the deal ({fields.csm}); assigned to the rep."
+    return fallback, note
+
+
+def _role_field(role: str | None, fields: _FieldNames) -> str:
+    return {
+        "ae": "OwnerId",
+        "csm": fields.csm,
+        "executive": "[sender].email",
+        "account_owner": "Account.OwnerId",
+    }.get(role or "", "owner")
 
 
 def _won_at(deal: Deal) -> datetime:

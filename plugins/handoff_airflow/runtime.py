@@ -72,6 +72,11 @@ def step(context: dict[str, Any], source: str) -> Iterator[tuple[Settings, State
         store.dispose()
 
 
+def is_dry_run(context: dict[str, Any]) -> bool:
+    """The run's ``dry_run`` param: show what would happen, change nothing."""
+    return bool((context.get("params") or {}).get("dry_run"))
+
+
 def check_connections(*conn_ids: str) -> None:
     """Connections the run needs exist (no network): a missing one fails the run at once."""
     from airflow.sdk import BaseHook

@@ -56,6 +56,7 @@ def test_the_salesforce_dag_runs_the_handoff_steps_in_order(dag_bag):
         "extract",
         "detect",
         "plan",
+        "resolve",
         "send_emails",
         "write_tasks",
         "summarise",
@@ -63,11 +64,49 @@ def test_the_salesforce_dag_runs_the_handoff_steps_in_order(dag_bag):
     assert dag.get_task("extract").upstream_task_ids == {"preflight"}
     assert dag.get_task("detect").upstream_task_ids == {"extract"}
     assert dag.get_task("plan").upstream_task_ids == {"detect"}
-    assert dag.get_task("send_emails").upstream_task_ids == {"plan"}
-    assert dag.get_task("write_tasks").upstream_task_ids == {"plan"}
+    assert dag.get_task("resolve").upstream_task_ids == {"plan"}
+    assert dag.get_task("send_emails").upstream_task_ids == {"resolve"}
+    assert dag.get_task("write_tasks").upstream_task_ids == {"resolve"}
     summarise = dag.get_task("summarise")
-    assert summarise.upstream_task_ids == {"extract", "detect", "send_emails", "write_tasks"}
+    assert summarise.upstream_task_ids == {
+        "extract",
+        "detect",
+        "resolve",
+        "send_emails",
+        "write_tasks",
+    }
     assert summarise.trigger_rule == "all_done", "a failed run still gets its summary"
+    assert dag.params["dry_run"] is False
+
+
+def test_the_schedule_is_the_configured_one_hourly_by_default(dag_bag):
+    dag = dag_bag.get_dag("handoff_salesforce")
+    assert getattr(dag.timetable, "expression", None) == "0 * * * *"
+
+
+def test_a_broken_playbook_never_reaches_the_scheduler(tmp_path, monkeypatch):
+    """The DAG file validates the configuration and playbook at parse time: an import error."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    playbook = tmp_path / "playbook.toml"
+    shipped = (DAGS.parent / "include" / "config" / "playbook.toml").read_text()
+    playbook.write_text(shipped.replace('template = "timeline"', 'template = "no_such_one"'))
+    monkeypatch.setenv("HANDOFF_PLAYBOOK", str(playbook))
+    bag = DagBag(dag_folder=str(DAGS))
+    assert "handoff_salesforce" not in bag.dags
+    [error] = bag.import_errors.values()
+    assert "step 'timeline_email'" in error and "'no_such_one'" in error
+    assert str(playbook) in error
+
+
+def test_the_shipped_playbook_is_valid():
+    """Only validity: editing the shipped playbook's steps breaks no other test."""
+    from handoff.config import PACKAGE_ROOT
+    from handoff.playbook import load_playbook
+
+    root = PACKAGE_ROOT
+    playbook = load_playbook(root / "include/config/playbook.toml", root / "templates/emails")
+    assert playbook.steps
 
 
 def test_the_business_logic_package_never_imports_airflow():

@@ -38,7 +38,8 @@ def test_the_demo_runs_then_finds_nothing_new(tmp_path):
     first = demo("--reset")
     summary = last_json_line(first)
     assert summary["emails_sent"] > 0 and summary["tasks_created"] > 0
-    assert summary["failed_steps"] == [] and summary["waiting"] == 0
+    assert summary["failed_steps"] == []
+    assert summary["waiting"] == summary["held"], "only mail held for an incomplete document"
     assert "New Closed Won deals:" in first
     assert "State store: sqlite:///" in first
     assert "no primary contact" in first  # the seeded bad-input deals are reported
@@ -76,7 +77,8 @@ def test_handoff_run_processes_one_day_and_says_which_state_store(
     summary = last_json_line(output)
     assert (summary["emails_sent"], summary["tasks_created"]) == (1, 2)
     assert len(smtp_sink.messages) == 1
-    # deals, primary contacts, the new store's check for earlier tasks, describe Task, one write
+    # deals, the new store's check for earlier tasks, the primary contacts read right before
+    # dispatch, describe Task, one write
     assert summary["api_calls"] == 5 == sandbox.stats()["api_calls"]
 
 
@@ -114,14 +116,10 @@ def test_a_missing_templates_folder_fails_the_run_before_anything_is_claimed(
     monkeypatch.setenv("HANDOFF_CONFIG", str(config))
     SandboxOrg(sandbox.store).won_deal("Templates gone")
     code, output = handoff(capfd, "run", "--date", DAY)
-    assert code == 1
-    assert "preflight" in output and "templates/no-such-folder does not exist" in output
+    assert code == 2, "a configuration error: the run does not start"
+    assert "templates/no-such-folder does not exist" in output
     assert sandbox.stats()["api_calls"] == 0 and smtp_sink.sessions == 0
-    from handoff.state import StateStore
-
-    store = StateStore(connections["HANDOFF_STATE_URL"])
-    assert store.actions() == [], "nothing planned, claimed or failed"
-    store.dispose()
+    assert not (tmp_path / "state.db").exists(), "nothing planned, claimed or failed"
 
 
 def test_a_new_empty_state_store_refuses_to_onboard_clients_the_crm_shows_we_did(
@@ -157,3 +155,45 @@ def test_a_second_run_of_the_same_source_at_once_is_refused_in_plain_words(
     assert code == 1, "refused with a message, not a crash inside Airflow"
     assert f"Not started: a salesforce run is already in progress (the run for {DAY}" in output
     assert smtp_sink.sessions == 0
+
+
+def test_a_dry_run_shows_everything_and_changes_nothing(
+    connections, sandbox, smtp_sink, tmp_path, capfd
+):
+    org = SandboxOrg(sandbox.store)
+    big = org.won_deal("Dry run", amount=75000)
+    no_contact = org.won_deal("Nobody to write to", contact=False)
+    code, output = handoff(capfd, "run", "--date", DAY, "--dry-run")
+    assert code == 0, output
+    assert "DRY RUN" in output and "nothing was sent, written or recorded" in output
+    assert f"[send] email welcome_email for {big} to ada@client.example:" in output
+    # Found by the run at the end of the day: due at once (its 4 hours are over).
+    assert f"[create] task first_cs_contact for {big} owner {org.csm}, due 2026-11-21" in output
+    assert f"[create] task internal_handoff_meeting for {big} owner {org.csm}" in output
+    assert f"[skip] email welcome_email for {no_contact}: deal {no_contact}" in output
+    assert "no primary contact" in output
+    # Nothing happened: no mail, no CRM write, no outbox row, no onboarding started.
+    assert smtp_sink.sessions == 0 and sandbox.store.count("Task") == 0
+    from handoff.state import StateStore
+
+    store = StateStore(connections["HANDOFF_STATE_URL"])
+    assert store.actions() == [] and store.onboarding_rows() == []
+    store.dispose()
+    # The real run then does exactly what the dry run showed.
+    code, output = handoff(capfd, "run", "--date", DAY)
+    assert code == 0, output
+    assert (len(smtp_sink.messages), sandbox.store.count("Task")) == (1, 4)
+
+
+def test_handoff_run_at_replays_any_hour(connections, sandbox, smtp_sink, capfd):
+    SandboxOrg(sandbox.store).won_deal("Hour by hour", amount=75000)  # won at 15:30
+    code, output = handoff(capfd, "run", "--at", WON_AT.replace(hour=15, minute=0).isoformat())
+    assert code == 0, output
+    assert last_json_line(output)["new_deals"] == 0, "not won yet at 15:00"
+    code, output = handoff(capfd, "run", "--at", "2026-11-20T16:00:00+00:00")
+    assert code == 0, output
+    summary = last_json_line(output)
+    assert (summary["new_deals"], summary["emails_sent"], summary["tasks_created"]) == (1, 1, 2)
+    with pytest.raises(SystemExit) as refused:
+        handoff(capfd, "run", "--at", "2026-11-20T16:00")
+    assert refused.value.code == 2 and "has no time zone" in capfd.readouterr().err

@@ -29,7 +29,7 @@ from tests.builders import WON_AT, SandboxOrg
 from tests.conftest import ROOT, TEST_CONFIG
 
 WINDOW_END = datetime.combine(WON_AT.date() + timedelta(days=1), datetime.min.time(), WON_AT.tzinfo)
-ALL_STEPS = ("extract", "detect", "plan", "send_emails", "write_tasks")
+ALL_STEPS = ("extract", "detect", "plan", "resolve", "send_emails", "write_tasks")
 LEASE = 5  # seconds: long enough for an immediate re-run, short enough to wait out
 
 
@@ -115,6 +115,7 @@ def world(sandbox, smtp_sink, tmp_path, monkeypatch):
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    StateStore(env["HANDOFF_STATE_URL"]).migrate()  # once, as a deployment's init step does
     return World(sandbox, smtp_sink, {**os.environ, **env})
 
 
@@ -156,7 +157,12 @@ def test_a_kill_in_the_middle_of_a_send_batch(world, rerun):
     if rerun == "task-retry":
         # Airflow's retry of the same task instance knows the previous try is dead.
         retried = world.run("run-1", steps=["send_emails"])["send_emails"]
-        assert retried == {"emails_sent": 3, "emails_failed": 0, "emails_unconfirmed": 1}
+        assert retried == {
+            "emails_sent": 3,
+            "emails_skipped": 0,
+            "emails_failed": 0,
+            "emails_unconfirmed": 1,
+        }
         world.assert_exactly_once(emails=6, tasks=0)
         return
 
@@ -174,6 +180,7 @@ def test_a_kill_in_the_middle_of_a_send_batch(world, rerun):
     after_lease = world.run("run-3")
     assert after_lease["send_emails"] == {
         "emails_sent": 3,
+        "emails_skipped": 0,
         "emails_failed": 0,
         "emails_unconfirmed": 1,
     }
@@ -193,7 +200,7 @@ def test_a_kill_in_the_middle_of_a_task_batch(world):
     world.sandbox.faults.add(
         method="POST", path_contains="composite/sobjects", after_commit=True, delay_seconds=60
     )
-    steps = ("extract", "detect", "plan", "write_tasks")
+    steps = ("extract", "detect", "plan", "resolve", "write_tasks")
     worker = world.worker("run-1", steps=steps)
     deadline = time.monotonic() + 60
     while world.sandbox.store.count("Task") < 200:

@@ -23,6 +23,9 @@ def airflow_connections(sandbox, smtp_sink, tmp_path, monkeypatch):
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("HANDOFF_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
     monkeypatch.setenv("HANDOFF_RUN_DIR", str(tmp_path / "runs"))
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    store.migrate()  # once per deployment (`handoff db upgrade`), never inside a run
+    store.dispose()
 
 
 @pytest.fixture
@@ -237,6 +240,7 @@ def test_the_crm_token_never_reaches_a_log(tmp_path, smtp_sink, monkeypatch, cap
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("HANDOFF_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
         monkeypatch.setenv("HANDOFF_RUN_DIR", str(tmp_path / "runs"))
+        StateStore(f"sqlite:///{tmp_path / 'state.db'}").migrate()
         caplog.set_level("DEBUG")
         dag_run, summary = run(load_dag("salesforce"))
 

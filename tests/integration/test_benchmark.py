@@ -13,8 +13,13 @@ def test_api_calls_scale_with_batches_not_with_deals():
     first, second = result["runs"]
     wins = first["detect"]["new_deals"]
     assert wins > 200, "enough recent wins to need two batches of contacts"
-    # One page of opportunities, then primary contacts 200 deals per IN list.
-    assert first["extract"]["api_calls"] == 1 + math.ceil(wins / 200)
+    # One page of opportunities; the primary contacts of the deals with a step due are read
+    # right before dispatch, 200 deals per IN list.
+    assert first["extract"]["api_calls"] == 1
+    # (only wins still within their day-0 steps' lateness limits have a step due)
+    refreshed = first["resolve"]["deals_refreshed"]
+    assert 0 < refreshed <= wins
+    assert first["resolve"]["api_calls"] == math.ceil(refreshed / 200)
     # A store that never planned anything checks the CRM holds none of our tasks for the wins.
     assert first["detect"]["api_calls"] == math.ceil(wins / 200)
     written = first["write_tasks"]["tasks_created"] + first["write_tasks"]["tasks_failed"]

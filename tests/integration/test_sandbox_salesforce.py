@@ -33,7 +33,14 @@ from simple_salesforce.exceptions import (
     SalesforceResourceNotFound,
 )
 
-from handoff.sandbox import EDGE_CASE_DEALS, FaultRule, SandboxServer, SandboxStore, seed_org
+from handoff.sandbox import (
+    EDGE_CASE_DEALS,
+    FaultRule,
+    SandboxServer,
+    SandboxStore,
+    compile_soql,
+    seed_org,
+)
 from handoff.sandbox.ids import checksum
 
 TODAY = date(2026, 11, 23)
@@ -168,6 +175,80 @@ def test_open_deals_have_a_null_csm_relationship(sf: Salesforce) -> None:
     )
     records = sf.query(soql)["records"]
     assert records and all(r["Customer_Success_Manager__r"] is None for r in records)
+
+
+def test_relationship_paths_two_levels_deep_nest_like_salesforce(
+    sf: Salesforce, org: dict[str, Any]
+) -> None:
+    ownerless = sf.Account.create({"Name": "Ownerless Ltd"})["id"]
+    for name, extra in (
+        ("Two levels — account without owner", {"AccountId": ownerless}),
+        ("Two levels — no account", {}),
+    ):
+        sf.Opportunity.create(
+            {"Name": name, "StageName": "Prospecting", "CloseDate": "2026-12-31", **extra}
+        )
+    soql = (
+        "SELECT Id, Account.Owner.Name, Account.Owner.Email, Account.Owner.IsActive, "
+        "Account.OwnerId FROM Opportunity WHERE Name IN ('Acme Corp — enterprise', "
+        "'Two levels — account without owner', 'Two levels — no account') ORDER BY Name"
+    )
+    acme, no_owner, no_account = sf.query(soql)["records"]
+    assert list(acme) == ["attributes", "Id", "Account"]
+    account = acme["Account"]
+    assert list(account) == ["attributes", "Owner", "OwnerId"]
+    assert account["attributes"]["type"] == "Account"
+    owner = account["Owner"]
+    assert owner["attributes"] == {
+        "type": "User",
+        "url": f"/services/data/v59.0/sobjects/User/{account['OwnerId']}",
+    }
+    user = org["users"][account["OwnerId"]]
+    assert owner == {
+        "attributes": owner["attributes"],
+        "Name": user["Name"],
+        "Email": user["Email"],
+        "IsActive": True,
+    }
+    assert no_owner["Account"]["attributes"]["url"].endswith(f"/Account/{ownerless}")
+    assert no_owner["Account"]["Owner"] is None and no_owner["Account"]["OwnerId"] is None
+    assert no_account["Account"] is None, "a missing parent is null at the first level too"
+
+
+def test_where_and_order_by_follow_two_level_paths(
+    sf: Salesforce, server: SandboxServer, org: dict[str, Any]
+) -> None:
+    account_owners = {a["Id"]: org["users"].get(a["OwnerId"]) for a in server.store.rows("Account")}
+    wins = [
+        (d["Id"], account_owners[d["AccountId"]]["Name"])
+        for d in server.store.rows("Opportunity")
+        if d["IsWon"] and account_owners.get(d["AccountId"])
+    ]
+    wins.sort()
+    wins.sort(key=lambda win: win[1].lower(), reverse=True)
+    soql = (
+        "SELECT Id, Account.Owner.Name FROM Opportunity "
+        "WHERE IsWon = true AND Account.Owner.IsActive = true "
+        "ORDER BY Account.Owner.Name DESC, Id"
+    )
+    records = sf.query_all(soql)["records"]
+    assert [(r["Id"], r["Account"]["Owner"]["Name"]) for r in records] == wins
+    assert len({name for _, name in wins}) > 1
+
+
+def test_relationship_paths_go_deeper_but_not_beyond_five_levels(sf: Salesforce) -> None:
+    soql = (
+        "SELECT Contact.Account.Owner.Name, Opportunity.Account.Owner.Email "
+        "FROM OpportunityContactRole WHERE Contact.Account.Owner.IsActive = true LIMIT 1"
+    )
+    [role] = sf.query(soql)["records"]
+    assert role["Contact"]["Account"]["Owner"]["Name"]
+    assert "@" in role["Opportunity"]["Account"]["Owner"]["Email"]
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        sf.query(
+            "SELECT Opportunity.Account.Owner.Owner.Owner.Owner.Name FROM OpportunityContactRole"
+        )
+    assert "at most 5 relationships" in refused.value.content[0]["message"]
 
 
 def _csm_active(ctx: dict[str, Any], row: dict[str, Any]) -> bool | None:
@@ -507,10 +588,17 @@ QUERY_ERRORS = [
     ("SELECT Id FROM Opportunity WHERE CloseDate = '2026-01-01'", "INVALID_FIELD",
      "must be of type date"),
     ("SELECT Id FROM Opportunity GROUP BY Name", "MALFORMED_QUERY", "GROUP BY is not supported"),
+    ("SELECT Id, Account.Boss.Name FROM Opportunity", "INVALID_FIELD",
+     "Didn't understand relationship 'Boss'"),
+    ("SELECT Id, Account.Owner.Foo FROM Opportunity", "INVALID_FIELD",
+     "No such column 'Foo' on entity 'User'"),
+    ("SELECT Id, What.Owner.Name FROM Task", "MALFORMED_QUERY",
+     "beyond the polymorphic 'What'"),
 ]  # fmt: skip
 QUERY_ERROR_IDS = [
     "unknown_field", "unknown_relationship", "unknown_object", "dangling_where",
-    "missing_from", "quoted_date", "unsupported_group_by",
+    "missing_from", "quoted_date", "unsupported_group_by", "unknown_second_relationship",
+    "unknown_field_two_levels_up", "through_a_polymorphic_lookup",
 ]  # fmt: skip
 
 
@@ -521,6 +609,34 @@ def test_query_errors_use_salesforce_codes(sf: Salesforce, soql: str, code: str,
     [error] = refused.value.content
     assert error["errorCode"] == code
     assert text in error["message"]
+
+
+LOOKUPS = [
+    ("SELECT Id FROM OpportunityContactRole WHERE IsPrimary = true "
+     "AND OpportunityId IN ('0068d0000Ab0001AQA', '0068d0000Ab0002AQA')",
+     "ix_OpportunityContactRole_OpportunityId"),
+    ("SELECT Id FROM Contact WHERE AccountId = '0018d0000Ab0001AQA'", "ix_Contact_AccountId"),
+    ("SELECT Id FROM Task WHERE WhatId IN ('0068d0000Ab0001AQA') AND Handoff_Key__c != null",
+     "ix_Task_WhatId"),
+    ("SELECT Id FROM Opportunity WHERE SystemModstamp >= 2026-11-20T00:00:00Z "
+     "AND SystemModstamp < 2026-11-23T00:00:00Z ORDER BY SystemModstamp ASC, Id ASC",
+     "ix_Opportunity_mod"),
+    ("SELECT Id FROM Account WHERE Id = '0018d0000Ab0001AQA'", "sqlite_autoindex_Account_1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("soql", "index"), LOOKUPS, ids=["contact_roles", "contacts", "tasks", "modstamp", "id"]
+)
+def test_lookups_search_an_index_instead_of_scanning(
+    server: SandboxServer, soql: str, index: str
+) -> None:
+    plan = compile_soql(soql).query_plan(server.store)
+    assert f"SEARCH t0 USING INDEX {index}" in plan[0] or (
+        f"SEARCH t0 USING COVERING INDEX {index}" in plan[0]
+    ), plan
+    if "ORDER BY SystemModstamp" in soql:
+        assert len(plan) == 1, f"the index gives the order, no sort step: {plan}"
 
 
 def test_every_answer_reports_api_usage(sf: Salesforce, server: SandboxServer) -> None:
@@ -733,6 +849,26 @@ def test_the_org_has_the_expected_people(sf: Salesforce) -> None:
         ("Customer Success Manager", False): 1,
         ("Chief Customer Officer", True): 1,
     }
+    soql = "SELECT Name, Email, IsActive FROM User WHERE Title = 'Chief Customer Officer'"
+    [executive] = sf.query(soql)["records"]
+    assert (executive["Name"], executive["Email"], executive["IsActive"]) == (
+        "Dana Whitfield",
+        "dana.whitfield@handoff-demo.example",  # the sender the project config names
+        True,
+    )
+
+
+def test_one_account_in_four_is_owned_by_another_ae_than_its_deals() -> None:
+    store = SandboxStore(":memory:")
+    seed_org(store, deals=400, today=TODAY)
+    account_owners = {a["Id"]: a["OwnerId"] for a in store.rows("Account")}
+    deal_owners: dict[str, set[str]] = {}
+    for deal in store.rows("Opportunity"):
+        if deal["OwnerId"] is not None:
+            deal_owners.setdefault(deal["AccountId"], set()).add(deal["OwnerId"])
+    assert all(len(owners) == 1 for owners in deal_owners.values()), "one AE sells to an account"
+    others = [a for a, owners in deal_owners.items() if owners != {account_owners[a]}]
+    assert 0.15 < len(others) / len(deal_owners) < 0.35
 
 
 def _primary(sf: Salesforce, deal_id: str) -> list[dict[str, Any]]:
@@ -812,6 +948,73 @@ def test_recent_wins_fall_in_the_window_and_some_share_a_modstamp(sf: Salesforce
         assert deal["LastStageChangeDate"] <= deal["SystemModstamp"] <= end_of_today
     shared = Counter(d["SystemModstamp"] for d in recent).most_common(1)[0]
     assert shared[1] >= 3, "a bulk update leaves several wins with one SystemModstamp"
+
+
+@pytest.mark.parametrize(("onboarding_days", "recent_share"), [(90, 0.1), (1, 0.25), (3, 0.5)])
+def test_recent_wins_spread_over_the_onboarding_window(
+    onboarding_days: int, recent_share: float
+) -> None:
+    store = SandboxStore(":memory:")
+    summary = seed_org(
+        store, deals=1000, today=TODAY, onboarding_days=onboarding_days, recent_share=recent_share
+    )
+    midnight = f"{TODAY.isoformat()}T00:00:00.000+0000"
+    start = f"{(TODAY - timedelta(days=onboarding_days)).isoformat()}T00:00:00.000+0000"
+    wins = [
+        d for d in store.rows("Opportunity") if d["IsWon"] and d["LastStageChangeDate"] >= start
+    ]
+    assert len(wins) == summary["recent_won"] == round(1000 * recent_share) + len(EDGE_CASE_DEALS)
+    days_ago = Counter(
+        (TODAY - date.fromisoformat(d["LastStageChangeDate"][:10])).days for d in wins
+    )
+    assert min(days_ago) == 1 and max(days_ago) == onboarding_days
+    assert len(days_ago) > onboarding_days * 0.6, "spread over the window, not bunched up"
+    for deal in wins:
+        changed = datetime.fromisoformat(deal["LastStageChangeDate"])
+        assert (
+            changed <= datetime.fromisoformat(deal["SystemModstamp"]) < changed + timedelta(days=1)
+        ), "stamped shortly after the stage change"
+        assert deal["SystemModstamp"] < midnight
+    assert summary["shared_modstamp_deals"] == 4
+
+
+@pytest.mark.parametrize(
+    "options", [{"onboarding_days": 0}, {"recent_share": -0.1}, {"recent_share": 1.5}]
+)
+def test_seed_options_are_checked(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        seed_org(SandboxStore(":memory:"), deals=10, today=TODAY, **options)
+
+
+def test_company_names_stay_unique_beyond_every_combination() -> None:
+    """About 3,800 stem/kind/suffix combinations; a larger org qualifies the names."""
+    store = SandboxStore(":memory:")
+    summary = seed_org(store, deals=6600, today=TODAY)
+    names = [a["Name"] for a in store.rows("Account")]
+    assert len(names) == len(set(names)) == summary["accounts"] > 3900
+    assert any(" Nordic" in name for name in names)
+
+
+def test_bulk_inserts_store_what_single_inserts_would(tmp_path: Path) -> None:
+    stamp = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def fill(insert: Callable[..., str]) -> list[str]:
+        user = insert("User", {"LastName": "Rep"}, modstamp=stamp)
+        accounts = [
+            insert("Account", {"Name": f"Account {n}", "OwnerId": user}, modstamp=stamp)
+            for n in range(5)
+        ]
+        return [user, *accounts]
+
+    single, bulk = SandboxStore(tmp_path / "single.db"), SandboxStore(tmp_path / "bulk.db")
+    single_ids = fill(single.insert)
+    with bulk.bulk_insert(batch_size=2) as inserter:
+        bulk_ids = fill(inserter.insert)
+    assert bulk_ids == single_ids
+    for name in ("User", "Account"):
+        assert bulk.rows(name) == single.rows(name)
+    after = {"Name": "After"}
+    assert bulk.insert("Account", after) == single.insert("Account", after), "counters kept"
 
 
 # -- running the server --------------------------------------------------------------------------

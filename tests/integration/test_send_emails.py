@@ -16,12 +16,14 @@ from handoff.errors import ConfigError
 from handoff.mail import TransientMailError, smtp_transport
 from handoff.models import ActionKind, ActionStatus
 from handoff.pipeline import RunContext, send_emails
-from handoff.planning import WELCOME_EMAIL, plan_deal
 from handoff.state import StateStore
-from tests.builders import CONTACT, make_deal
+from tests.builders import CONTACT, make_deal, plan_steps
 
 WORKER = "handoff_salesforce/run-1/send_emails"
 RUN = RunContext(run_id="run-1", window_end=datetime(2026, 11, 21, tzinfo=UTC), worker=WORKER)
+
+# Claims take rows due by the end of the run's window: here, any row planned so far.
+DUE = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 def plan_welcomes(store, settings, count: int) -> list[str]:
@@ -32,9 +34,7 @@ def plan_welcomes(store, settings, count: int) -> list[str]:
             deal_id=f"006{n:015d}",
             primary_contact=replace(CONTACT, id=f"003{n:015d}", email=address),
         )
-        actions, issues = plan_deal(deal, settings)
-        welcome = [a for a in actions if a.step == WELCOME_EMAIL]
-        store.record_plan("salesforce", deal.deal_id, welcome, issues, "run-1")
+        plan_steps(store, deal, "welcome_email")
         addresses.append(address)
     return addresses
 
@@ -106,7 +106,12 @@ def test_a_permanently_refused_client_is_failed_and_the_batch_goes_on(state, set
     addresses = plan_welcomes(state, settings, 3)
     smtp_sink.reject_recipient(addresses[1])
     counts = send(state, settings, transport_to(smtp_sink))
-    assert counts == {"emails_sent": 2, "emails_failed": 1, "emails_unconfirmed": 0}
+    assert counts == {
+        "emails_sent": 2,
+        "emails_skipped": 0,
+        "emails_failed": 1,
+        "emails_unconfirmed": 0,
+    }
     failed = [row for row in state.actions() if row["status"] == ActionStatus.FAILED]
     assert len(failed) == 1
     assert failed[0]["reason"].startswith(f"deal {failed[0]['deal_id']} ('")
@@ -118,12 +123,17 @@ def test_after_a_crash_only_the_email_handed_to_the_server_is_held(state, settin
     plan_welcomes(state, settings, 3)
     # The previous try of this task instance claimed three rows, handed the first one's content
     # to the server, and died before recording anything.
-    claimed = state.claim("salesforce", ActionKind.EMAIL, WORKER, limit=10)
+    claimed = state.claim("salesforce", ActionKind.EMAIL, WORKER, limit=10, due_by=DUE)
     state.mark_attempted([claimed[0]["dedupe_key"]], WORKER)
 
     counts = send(state, settings, transport_to(smtp_sink))
 
-    assert counts == {"emails_sent": 2, "emails_failed": 0, "emails_unconfirmed": 1}
+    assert counts == {
+        "emails_sent": 2,
+        "emails_skipped": 0,
+        "emails_failed": 0,
+        "emails_unconfirmed": 1,
+    }
     assert len(smtp_sink.messages) == 2, "the two never attempted went out"
     held = state.actions(dedupe_key=claimed[0]["dedupe_key"])[0]
     assert held["status"] == ActionStatus.UNCONFIRMED
@@ -142,7 +152,12 @@ def test_smtp_accepted_then_dropped_before_the_reply_is_never_sent_twice(
     assert statuses == ["done", "unconfirmed", "pending"]
 
     counts = send(state, settings, transport_to(smtp_sink))  # Airflow's retry
-    assert counts == {"emails_sent": 1, "emails_failed": 0, "emails_unconfirmed": 0}
+    assert counts == {
+        "emails_sent": 1,
+        "emails_skipped": 0,
+        "emails_failed": 0,
+        "emails_unconfirmed": 0,
+    }
     assert delivered_to(smtp_sink) == sorted(addresses), "each client got exactly one copy"
     message_ids = [mail.message["Message-ID"] for mail in smtp_sink.messages]
     assert len(message_ids) == len(set(message_ids)) == 3
@@ -206,10 +221,11 @@ def test_concurrent_runs_send_each_email_once(settings, smtp_sink):
 def test_a_stale_claim_from_another_worker_waits_for_its_lease(state, settings, smtp_sink):
     plan_welcomes(state, settings, 2)
     other = "dag/old-run/send_emails"
-    claimed = state.claim("salesforce", ActionKind.EMAIL, other, limit=10)
+    claimed = state.claim("salesforce", ActionKind.EMAIL, other, limit=10, due_by=DUE)
     state.mark_attempted([claimed[0]["dedupe_key"]], other)
     assert send(state, settings, transport_to(smtp_sink)) == {
         "emails_sent": 0,
+        "emails_skipped": 0,
         "emails_failed": 0,
         "emails_unconfirmed": 0,
     }

@@ -16,6 +16,9 @@ from handoff.state.store import MIGRATIONS
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 TASK = ActionKind.TASK
 
+# Claims take rows due by the end of the run's window: here, any row planned so far.
+DUE = datetime(2100, 1, 1, tzinfo=UTC)
+
 
 def action(deal_id: str, step: str = "welcome_email", kind=ActionKind.EMAIL) -> PlannedAction:
     return PlannedAction("salesforce", deal_id, step, kind, payload={"n": deal_id})
@@ -37,7 +40,7 @@ def deal_row(deal_id: str, *, won_at=T0, is_won=True, modstamp=T0) -> dict:
 
 def test_migrate_is_idempotent_and_matches_the_models(store):
     store.migrate()
-    assert store.current_revision() == "0002"
+    assert store.current_revision() == "0003"
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with store.engine.begin() as conn:
@@ -49,7 +52,7 @@ def test_an_upgrade_keeps_existing_rows(store_url):
     first = StateStore(store_url)
     first.migrate()
     first.save_deals("salesforce", "deals", [deal_row("006A")], T0)
-    first.record_plan("salesforce", "006A", [action("006A")], [], "run-1")
+    first.record_plan("salesforce", "run-1", [action("006A")], issues=[])
     first.dispose()
 
     again = StateStore(store_url)
@@ -90,8 +93,8 @@ def test_detection_is_bounded_by_the_window_and_happens_once(store):
 
 def test_an_action_is_recorded_once_whatever_the_replans(store):
     issue = DealIssue("salesforce", "006A", "OwnerId", "missing_owner", "deal 006A: OwnerId")
-    assert store.record_plan("salesforce", "006A", [action("006A")], [issue], "run-1") == 1
-    assert store.record_plan("salesforce", "006A", [action("006A")], [issue], "run-2") == 0
+    assert store.record_plan("salesforce", "run-1", [action("006A")], issues=[issue]) == 1
+    assert store.record_plan("salesforce", "run-2", [action("006A")], issues=[issue]) == 0
     assert len(store.actions()) == 1
     assert len(store.issues()) == 1
 
@@ -101,8 +104,8 @@ def test_every_data_problem_of_a_deal_is_recorded_not_only_the_first_of_its_kind
         DealIssue("salesforce", "006A", field, "control_characters", f"deal 006A: {field}")
         for field in ("Contact.FirstName", "Contact.Name", "Account.Name")
     ]
-    store.record_plan("salesforce", "006A", [action("006A")], issues, "run-1")
-    store.record_plan("salesforce", "006A", [action("006A")], issues, "run-2")
+    store.record_plan("salesforce", "run-1", [action("006A")], issues=issues)
+    store.record_plan("salesforce", "run-2", [action("006A")], issues=issues)
     assert sorted(i["field"] for i in store.issues()) == [
         "Account.Name",
         "Contact.FirstName",
@@ -115,7 +118,7 @@ def test_claims_by_concurrent_workers_never_overlap(store_url):
     setup.migrate()
     deal_ids = [f"006{n:04d}" for n in range(60)]
     for deal_id in deal_ids:
-        setup.record_plan("salesforce", deal_id, [action(deal_id)], [], "run-1")
+        setup.record_plan("salesforce", "run-1", [action(deal_id)], issues=[])
     setup.dispose()
 
     results: dict[str, list[str]] = {}
@@ -125,7 +128,7 @@ def test_claims_by_concurrent_workers_never_overlap(store_url):
         own = StateStore(store_url)
         barrier.wait()
         keys = results.setdefault(name, [])
-        while batch := own.claim("salesforce", ActionKind.EMAIL, name, limit=7):
+        while batch := own.claim("salesforce", ActionKind.EMAIL, name, limit=7, due_by=DUE):
             keys += [row["dedupe_key"] for row in batch]
         own.dispose()
 
@@ -140,27 +143,27 @@ def test_claims_by_concurrent_workers_never_overlap(store_url):
 
 
 def test_claims_are_scoped_by_source_and_kind_and_taken_oldest_first(store):
-    store.record_plan("salesforce", "006A", [action("006A"), action("006A", "t", TASK)], [], "r")
+    store.record_plan("salesforce", "r", [action("006A"), action("006A", "t", TASK)], issues=[])
     other = PlannedAction("hubspot", "9001", "welcome_email", ActionKind.EMAIL, payload={})
-    store.record_plan("hubspot", "9001", [other], [], "r")
-    store.record_plan("salesforce", "006B", [action("006B")], [], "r")
-    claimed = store.claim("salesforce", ActionKind.EMAIL, "w", limit=10)
+    store.record_plan("hubspot", "r", [other], issues=[])
+    store.record_plan("salesforce", "r", [action("006B")], issues=[])
+    claimed = store.claim("salesforce", ActionKind.EMAIL, "w", limit=10, due_by=DUE)
     assert [r["dedupe_key"] for r in claimed] == [
         "salesforce:006A:welcome_email",
         "salesforce:006B:welcome_email",
     ]
     assert store.has_rows("hubspot", ActionKind.EMAIL, ActionStatus.PENDING)
     assert not store.has_rows("hubspot", TASK, ActionStatus.PENDING)
-    assert [r["dedupe_key"] for r in store.claim("salesforce", TASK, "w", limit=10)] == [
-        "salesforce:006A:t"
-    ]
+    assert [
+        r["dedupe_key"] for r in store.claim("salesforce", TASK, "w", limit=10, due_by=DUE)
+    ] == ["salesforce:006A:t"]
 
 
 def test_a_dead_attempt_gives_back_what_it_never_attempted_and_hands_over_the_rest(store):
     for deal_id in ("006A", "006B", "006C"):
-        store.record_plan("salesforce", deal_id, [action(deal_id)], [], "run-1")
+        store.record_plan("salesforce", "run-1", [action(deal_id)], issues=[])
     worker = "dag/run-1/send"
-    claimed = store.claim("salesforce", ActionKind.EMAIL, worker, limit=10)
+    claimed = store.claim("salesforce", ActionKind.EMAIL, worker, limit=10, due_by=DUE)
     assert len(claimed) == 3
     store.finish("salesforce:006A:welcome_email", worker, ActionStatus.DONE, "run-1")
     assert store.mark_attempted(["salesforce:006B:welcome_email"], worker) == {
@@ -170,21 +173,21 @@ def test_a_dead_attempt_gives_back_what_it_never_attempted_and_hands_over_the_re
     lease = timedelta(minutes=10)
     # Another worker leaves a live lease alone...
     assert store.take_over_stale("salesforce", ActionKind.EMAIL, "dag/run-2/send", lease) == []
-    assert store.claim("salesforce", ActionKind.EMAIL, "dag/run-2/send", limit=10) == []
+    assert store.claim("salesforce", ActionKind.EMAIL, "dag/run-2/send", limit=10, due_by=DUE) == []
     # ...but the retry of the same task instance knows the previous try is dead.
     orphans = store.take_over_stale("salesforce", ActionKind.EMAIL, worker, lease)
     assert [row["dedupe_key"] for row in orphans] == ["salesforce:006B:welcome_email"]
-    again = store.claim("salesforce", ActionKind.EMAIL, worker, limit=10)
+    again = store.claim("salesforce", ActionKind.EMAIL, worker, limit=10, due_by=DUE)
     assert [row["dedupe_key"] for row in again] == ["salesforce:006C:welcome_email"]
     assert again[0]["attempts"] == 2
 
 
 def test_the_next_try_takes_over_at_once_and_a_zombie_try_can_no_longer_act(store):
-    store.record_plan("salesforce", "006A", [action("006A")], [], "run-1")
-    store.record_plan("salesforce", "006B", [action("006B")], [], "run-1")
+    store.record_plan("salesforce", "run-1", [action("006A")], issues=[])
+    store.record_plan("salesforce", "run-1", [action("006B")], issues=[])
     first, second = "dag/run_1/send#1", "dag/run_1/send#2"
     a, b = "salesforce:006A:welcome_email", "salesforce:006B:welcome_email"
-    store.claim("salesforce", ActionKind.EMAIL, first, limit=10)
+    store.claim("salesforce", ActionKind.EMAIL, first, limit=10, due_by=DUE)
     store.mark_attempted([a], first)
     # Another task instance whose name merely starts alike is not an earlier try.
     lease = timedelta(minutes=10)
@@ -196,21 +199,22 @@ def test_the_next_try_takes_over_at_once_and_a_zombie_try_can_no_longer_act(stor
     assert store.mark_attempted([b], first) == set()
     assert not store.finish(a, first, ActionStatus.DONE, "run-1")
     assert [
-        r["dedupe_key"] for r in store.claim("salesforce", ActionKind.EMAIL, second, limit=9)
+        r["dedupe_key"]
+        for r in store.claim("salesforce", ActionKind.EMAIL, second, limit=9, due_by=DUE)
     ] == [b]
 
 
 def test_an_expired_lease_lets_another_worker_take_over(store):
-    store.record_plan("salesforce", "006A", [action("006A")], [], "run-1")
-    store.record_plan("salesforce", "006B", [action("006B")], [], "run-1")
-    store.claim("salesforce", ActionKind.EMAIL, "dead-worker", limit=10)
+    store.record_plan("salesforce", "run-1", [action("006A")], issues=[])
+    store.record_plan("salesforce", "run-1", [action("006B")], issues=[])
+    store.claim("salesforce", ActionKind.EMAIL, "dead-worker", limit=10, due_by=DUE)
     store.mark_attempted(["salesforce:006A:welcome_email"], "dead-worker")
     expired = timedelta(seconds=-1)
     orphans = store.take_over_stale("salesforce", ActionKind.EMAIL, "new-worker", expired)
     assert [(r["dedupe_key"], r["claimed_by"]) for r in orphans] == [
         ("salesforce:006A:welcome_email", "new-worker")
     ]
-    [fresh] = store.claim("salesforce", ActionKind.EMAIL, "new-worker", limit=10)
+    [fresh] = store.claim("salesforce", ActionKind.EMAIL, "new-worker", limit=10, due_by=DUE)
     assert fresh["dedupe_key"] == "salesforce:006B:welcome_email"
     # The stalled worker wakes up: it can neither attempt nor record what it no longer holds.
     assert store.mark_attempted(["salesforce:006B:welcome_email"], "dead-worker") == set()
@@ -220,8 +224,8 @@ def test_an_expired_lease_lets_another_worker_take_over(store):
 
 
 def test_only_the_claiming_worker_may_record_or_release(store):
-    store.record_plan("salesforce", "006A", [action("006A")], [], "run-1")
-    store.claim("salesforce", ActionKind.EMAIL, "w1", limit=10)
+    store.record_plan("salesforce", "run-1", [action("006A")], issues=[])
+    store.claim("salesforce", ActionKind.EMAIL, "w1", limit=10, due_by=DUE)
     assert not store.finish("salesforce:006A:welcome_email", "w2", ActionStatus.DONE, "run-1")
     store.release(["salesforce:006A:welcome_email"], "w2")
     assert store.actions()[0]["status"] == ActionStatus.IN_FLIGHT
@@ -232,9 +236,9 @@ def test_only_the_claiming_worker_may_record_or_release(store):
 
 def test_an_attempted_row_is_released_only_on_an_answer_that_proves_nothing_happened(store):
     for deal_id in ("006A", "006B"):
-        store.record_plan("salesforce", deal_id, [action(deal_id)], [], "run-1")
+        store.record_plan("salesforce", "run-1", [action(deal_id)], issues=[])
     a, b = "salesforce:006A:welcome_email", "salesforce:006B:welcome_email"
-    store.claim("salesforce", ActionKind.EMAIL, "w", limit=10)
+    store.claim("salesforce", ActionKind.EMAIL, "w", limit=10, due_by=DUE)
     store.mark_attempted([a], "w")
     # A failure that is not an answer (our own record failing after the send, say): the
     # attempted row stays in flight to be settled; the one never attempted goes back.
@@ -276,7 +280,7 @@ def test_upgrading_an_old_store_treats_rows_it_left_in_flight_as_attempted(store
 def test_deals_that_leave_closed_won_stop_and_their_pending_steps_cancel(store):
     store.save_deals("salesforce", "deals", [deal_row("006A")], T0)
     store.start_onboarding("salesforce", T0 - timedelta(days=1), T0 + timedelta(days=1), "r1")
-    store.record_plan("salesforce", "006A", [action("006A")], [], "r1")
+    store.record_plan("salesforce", "r1", [action("006A")], issues=[])
     store.save_deals("salesforce", "deals", [deal_row("006A", is_won=False)], T0)
     assert store.stop_onboarding_of_lost_deals("salesforce", "r2") == ["006A"]
     [row] = store.actions()
@@ -290,3 +294,42 @@ def test_timestamps_come_back_timezone_aware(store):
     assert store.get_watermark("salesforce", "deals").tzinfo is not None
     with pytest.raises(Exception, match="naive datetime"):
         store.save_deals("salesforce", "deals", [], datetime(2026, 1, 1))
+
+
+def test_claims_take_only_due_rows_in_due_order_and_never_another_sources(store):
+    at = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+    def due(deal_id: str, hours: int, source: str = "salesforce") -> PlannedAction:
+        return PlannedAction(
+            source,
+            deal_id,
+            "weekly_checkin_day_7",
+            ActionKind.EMAIL,
+            payload={},
+            due_at=at + timedelta(hours=hours),
+        )
+
+    store.record_plan("salesforce", "r", [due("006LATE", 5), due("006SOON", 1), due("006NOW", 0)])
+    store.record_plan("hubspot", "r", [due("9001", -1, "hubspot")])
+    claimed = store.claim(
+        "salesforce", ActionKind.EMAIL, "w", limit=10, due_by=at + timedelta(hours=2)
+    )
+    assert [r["deal_id"] for r in claimed] == ["006NOW", "006SOON"], "due order, due only"
+    assert store.claim("salesforce", ActionKind.EMAIL, "w", limit=10, due_by=at) == []
+    # A HubSpot worker gets the HubSpot row, never Salesforce's.
+    [other] = store.claim("hubspot", ActionKind.EMAIL, "h", limit=10, due_by=at + timedelta(days=9))
+    assert other["deal_id"] == "9001"
+
+
+def test_a_run_summary_lists_only_its_own_sources_rows(store, settings):
+    """Two sources' runs can share a run id (same schedule): each summary keeps to its CRM."""
+    from handoff.pipeline import RunContext, summarise
+
+    run = RunContext("scheduled__2026-11-20T12:00:00+00:00", DUE, "dag/r/summarise")
+    for source, deal_id in (("salesforce", "006A"), ("hubspot", "9001")):
+        row = PlannedAction(source, deal_id, "first_cs_contact", TASK, payload={})
+        store.record_plan(source, run.run_id, [row])
+        [claimed] = store.claim(source, TASK, "w", limit=1, due_by=DUE)
+        store.finish(claimed["dedupe_key"], "w", ActionStatus.DONE, run.run_id, external_id="x")
+    summary = summarise(store, settings, "salesforce", run, api_calls=0)
+    assert [t["deal_id"] for t in summary["tasks"]] == ["006A"]

@@ -9,12 +9,15 @@ from datetime import UTC, datetime
 import pytest
 
 from handoff.crm.base import WriteOutcomeUnknown
-from handoff.models import ActionKind, ActionStatus
+from handoff.models import ActionKind, ActionStatus, Deal
 from handoff.pipeline import RunContext, write_tasks
-from handoff.planning import plan_deal, task_from_payload
-from tests.builders import CONTACT, SandboxOrg, make_deal
+from handoff.planning import task_from_payload
+from tests.builders import CONTACT, SandboxOrg, day_zero, make_deal, plan_steps
 
 RUN = RunContext("run-1", datetime(2026, 11, 21, tzinfo=UTC), "dag/run-1/write_tasks")
+
+# Claims take rows due by the end of the run's window: here, any row planned so far.
+DUE = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -29,9 +32,7 @@ def planned(state, settings, sandbox):
             csm=replace(make_deal().csm, id=org.csm),
             primary_contact=replace(CONTACT, id=None),
         )
-        actions, issues = plan_deal(deal, settings)
-        tasks = [a for a in actions if a.kind == ActionKind.TASK]
-        state.record_plan("salesforce", deal_id, tasks, issues, "run-1")
+        plan_steps(state, deal, "first_cs_contact", "internal_handoff_meeting")
     return [r for r in state.actions() if r["kind"] == ActionKind.TASK]
 
 
@@ -73,9 +74,12 @@ def test_a_dead_attempt_that_wrote_half_a_batch_gets_only_the_other_half(
     crm, state, settings, sandbox, planned
 ):
     dead = "dag/run-0/write_tasks"
-    rows = state.claim("salesforce", ActionKind.TASK, dead, limit=200)
+    rows = state.claim("salesforce", ActionKind.TASK, dead, limit=200, due_by=DUE)
     state.mark_attempted([r["dedupe_key"] for r in rows], dead)
-    crm.create_tasks([task_from_payload(r["payload"]) for r in rows[:3]])  # then it died
+    records = state.deal_records("salesforce", [r["deal_id"] for r in rows])
+    deals = {deal_id: Deal.from_record(record) for deal_id, record in records.items()}
+    written = [day_zero(deals[r["deal_id"]], settings)[0][r["step"]] for r in rows[:3]]
+    crm.create_tasks([task_from_payload(w.payload) for w in written])  # then it died
 
     expired = settings.model_copy(
         update={"dispatch": settings.dispatch.model_copy(update={"lease_seconds": 1})}

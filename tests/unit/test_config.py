@@ -26,7 +26,11 @@ def test_relative_paths_resolve_against_the_project_root_wherever_the_file_is(
 
 def test_handoff_home_moves_the_root(tmp_path, monkeypatch):
     monkeypatch.setenv("HANDOFF_HOME", str(tmp_path))
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "config").symlink_to(TEST_CONFIG.parent)
+    (tmp_path / "templates").symlink_to(TEST_CONFIG.parents[2] / "templates")
     settings = load_settings(TEST_CONFIG)
+    assert settings.playbook.file == tmp_path / "tests/config/playbook.toml"
     assert settings.state.url == f"sqlite:///{tmp_path}/var/test-state-never-used.db"
     assert settings.output.run_dir == tmp_path / "var/test-runs-never-used"
 

@@ -18,11 +18,19 @@ from jinja2 import UndefinedError
 
 from handoff.emails import EmailRenderer
 from handoff.mail import Unsubscribe, build_message, message_id
-from handoff.planning import WELCOME_EMAIL, plan_deal
-from tests.builders import CONTACT, HANDOFF_DOC, make_deal
+from tests.builders import CONTACT, HANDOFF_DOC, day_zero, make_deal
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 SENT_AT = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def settings(full_playbook, tmp_path, monkeypatch):
+    """The whole playbook: the welcome shows the timeline its labelled steps give."""
+    from handoff.config import load_settings
+
+    monkeypatch.setenv("HANDOFF_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
+    return load_settings()
 
 
 @pytest.fixture
@@ -37,8 +45,8 @@ def renderer(settings):
 
 
 def welcome(settings, **changes):
-    actions, _ = plan_deal(make_deal(**changes), settings)
-    return next(a for a in actions if a.step == WELCOME_EMAIL)
+    steps, _ = day_zero(make_deal(**changes), settings)
+    return steps["welcome_email"]
 
 
 def message_for(settings, renderer, **changes):
@@ -47,7 +55,7 @@ def message_for(settings, renderer, **changes):
     return build_message(
         action.payload,
         rendered,
-        dedupe_key=action.dedupe_key,
+        dedupe_key="salesforce:006000000000001AAA:welcome_email",
         unsubscribe=Unsubscribe(str(settings.unsubscribe.mailto), settings.unsubscribe.url),
         sent_at=SENT_AT,
     )

@@ -13,7 +13,7 @@ from typing import Protocol
 import pandas as pd
 
 from handoff.errors import FatalError, HandoffError
-from handoff.models import Contact, CrmTask, WriteResult
+from handoff.models import Contact, CrmTask, Person, WriteResult
 
 # Columns of the normalised deal frame every connector yields (one row a deal).
 DEAL_COLUMNS = [
@@ -35,6 +35,10 @@ DEAL_COLUMNS = [
     "csm_name",
     "csm_email",
     "csm_active",
+    "account_owner_id",
+    "account_owner_name",
+    "account_owner_email",
+    "account_owner_active",
 ]
 
 
@@ -77,6 +81,9 @@ class CrmClient(Protocol):
 
     def primary_contacts(self, deal_ids: Sequence[str]) -> dict[str, Contact]:
         """The primary contact of each deal that has one."""
+
+    def users_by_email(self, emails: Sequence[str]) -> dict[str, Person]:
+        """CRM users with these addresses, keyed by lower-cased email (active ones first)."""
 
     def check_task_setup(self) -> None:
         """Raise :class:`CrmFatalError` if tasks cannot be written and found as configured."""

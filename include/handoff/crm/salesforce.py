@@ -37,7 +37,7 @@ from handoff.crm.base import (
     WriteOutcomeUnknown,
 )
 from handoff.crm.http import sent_nothing
-from handoff.models import Contact, CrmTask, WriteResult
+from handoff.models import Contact, CrmTask, Person, WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,10 @@ class SalesforceCRM:
             "Id",
             "Name",
             "Account.Name",
+            "Account.OwnerId",
+            "Account.Owner.Name",
+            "Account.Owner.Email",
+            "Account.Owner.IsActive",
             "StageName",
             "IsWon",
             "IsDeleted",
@@ -165,6 +169,10 @@ class SalesforceCRM:
             "Id": "deal_id",
             "Name": "name",
             "Account.Name": "account_name",
+            "Account.OwnerId": "account_owner_id",
+            "Account.Owner.Name": "account_owner_name",
+            "Account.Owner.Email": "account_owner_email",
+            "Account.Owner.IsActive": "account_owner_active",
             "StageName": "stage",
             "IsWon": "is_won",
             "IsDeleted": "is_deleted",
@@ -217,6 +225,27 @@ class SalesforceCRM:
                         opted_out=bool(person.get("HasOptedOutOfEmail")),
                     )
         return contacts
+
+    def users_by_email(self, emails: Sequence[str]) -> dict[str, Person]:
+        """CRM users by email (lower-cased), e.g. the configured executive who owns tasks."""
+        wanted = sorted({e.strip().lower() for e in emails if e and "'" not in e})
+        users: dict[str, Person] = {}
+        for chunk in chunked(wanted, IN_CLAUSE_CHUNK):
+            listed = ", ".join(f"'{email}'" for email in chunk)
+            soql = f"SELECT Id, Name, Email, IsActive FROM User WHERE Email IN ({listed})"
+            for records in self._pages(soql, include_deleted=False):
+                for record in records:
+                    person = Person(
+                        id=record["Id"],
+                        name=record.get("Name") or "",
+                        email=record.get("Email"),
+                        is_active=bool(record.get("IsActive")),
+                    )
+                    key = (person.email or "").lower()
+                    # Several users may share an address; an active one wins.
+                    if key not in users or (person.is_active and not users[key].is_active):
+                        users[key] = person
+        return users
 
     # -- write-back ----------------------------------------------------------------------------
 

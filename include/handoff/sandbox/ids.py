@@ -7,6 +7,7 @@ validates, shortens or compares Ids behaves the same against the sandbox.
 from __future__ import annotations
 
 import re
+import string
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _SUFFIX_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
@@ -14,16 +15,22 @@ _SUFFIX_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 # still sort by creation order (base-62 digits are in ASCII order).
 _BODY_OFFSET = sum(BASE62.index(c) * 62**i for i, c in enumerate(reversed("8d0000Ab0000")))
 _ALNUM = re.compile(r"^[0-9A-Za-z]+$")
+# Each Id character as one bit, "1" for an upper-case letter: a chunk's flags are then
+# its bits read right to left (seeding a large org computes millions of checksums).
+_UPPER_BITS = str.maketrans(
+    dict.fromkeys(string.ascii_uppercase, "1")
+    | dict.fromkeys(string.ascii_lowercase + string.digits, "0")
+)
 
 
 def checksum(id15: str) -> str:
-    """Return the 3-char case-safe suffix Salesforce appends to a 15-char Id."""
-    suffix = []
-    for chunk_start in (0, 5, 10):
-        chunk = id15[chunk_start : chunk_start + 5]
-        flags = sum(1 << pos for pos, char in enumerate(chunk) if "A" <= char <= "Z")
-        suffix.append(_SUFFIX_ALPHABET[flags])
-    return "".join(suffix)
+    """Return the 3-char case-safe suffix Salesforce appends to a 15-char alphanumeric Id."""
+    bits = id15.translate(_UPPER_BITS)
+    return (
+        _SUFFIX_ALPHABET[int(bits[4::-1], 2)]
+        + _SUFFIX_ALPHABET[int(bits[9:4:-1], 2)]
+        + _SUFFIX_ALPHABET[int(bits[14:9:-1], 2)]
+    )
 
 
 def encode_base62(number: int, width: int) -> str:
@@ -53,6 +60,8 @@ def normalize_id(value: str) -> str | None:
         return value + checksum(value)
     if len(value) != 18:
         return None
+    if checksum(value[:15]) == value[15:]:
+        return value  # already canonical, as nearly every Id is
     suffix = value[15:].upper()
     chars = list(value[:15])
     for chunk, suffix_char in enumerate(suffix):

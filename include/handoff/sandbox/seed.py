@@ -1,10 +1,10 @@
 """A deterministic, realistic demo org for the sandbox CRM.
 
-Same (seed, deals, today) gives the same rows, Ids included, so demos and tests
-are reproducible; nothing reads the wall clock. Besides ordinary pipeline the org
-always holds named edge-case deals (missing contact, bad email, opted out, HTML,
-non-Latin names, header injection, no owner, no amount, inactive CSM) and a group
-of recent wins sharing one SystemModstamp, so every branch of the handoff flow
+Same (seed, deals, today) and options give the same rows, Ids included, so demos
+and tests are reproducible; nothing reads the wall clock. Besides ordinary pipeline
+the org always holds named edge-case deals (missing contact, bad email, opted out,
+HTML, non-Latin names, header injection, no owner, no amount, inactive CSM) and a
+group of recent wins sharing one SystemModstamp, so every branch of the handoff flow
 and the connector's tie handling show up in a demo.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from handoff.sandbox.store import HANDOFF_FIELDS, SandboxStore
+from handoff.sandbox.store import HANDOFF_FIELDS, BulkInserter, SandboxStore
 
 __all__ = ["EDGE_CASE_DEALS", "seed_org"]
 
@@ -52,6 +52,16 @@ _COMPANY_KINDS = (
     ("Hotels", "Hospitality"), ("Freight", "Shipping"), ("Utilities", "Utilities"),
 )  # fmt: skip
 _LEGAL_SUFFIXES = ("Inc.", "GmbH", "Ltd", "LLC", "AG", "B.V.", "", "", "")
+# Once every stem/kind/suffix combination is taken (about 3,800 accounts), further
+# companies carry one of these words, then the words again with a number.
+_COMPANY_QUALIFIERS = (
+    "Nordic", "Pacific", "Atlantic", "Alpine", "Baltic", "Iberia", "Midwest", "Coastal",
+    "Central", "Highland", "Continental", "Metro", "Southern", "Northern", "Eastern",
+    "Western", "Digital", "International", "Partners", "Holdings",
+)  # fmt: skip
+_COMPANY_COMBINATIONS = (
+    len(_COMPANY_STEMS) * len(_COMPANY_KINDS) * len(dict.fromkeys(_LEGAL_SUFFIXES))
+)
 _COUNTRIES = (
     "United States", "Germany", "United Kingdom", "France", "Netherlands", "Canada",
     "Australia", "Sweden", "Spain", "Japan",
@@ -65,6 +75,8 @@ _PRODUCTS = (
     "Annual subscription", "Platform expansion", "Analytics add-on", "Enterprise rollout",
     "Pilot to production", "Multi-year renewal", "Support upgrade", "New business unit",
 )  # fmt: skip
+# The executive the welcome email comes from: the project config names her as [sender].
+_CUSTOMER_EXECUTIVE = ("Dana", "Whitfield", "dana.whitfield@handoff-demo.example")
 _OPEN_STAGES = ("Prospecting", "Qualification", "Proposal/Price Quote", "Negotiation/Review")
 _TYPES = (
     ("New Business",) * 5
@@ -221,18 +233,28 @@ def _ascii_slug(text: str, separator: str = "-") -> str:
     return re.sub(r"[^a-z0-9]+", separator, folded.lower()).strip(separator)
 
 
+def _company_qualifier(round_number: int) -> str:
+    """The word that tells round 1, 2, ... of reused company names apart."""
+    cycle, position = divmod(round_number - 1, len(_COMPANY_QUALIFIERS))
+    word = _COMPANY_QUALIFIERS[position]
+    return f"{word} {cycle + 1}" if cycle else word
+
+
 class _Seeder:
-    def __init__(self, store: SandboxStore, rng: random.Random, today: date) -> None:
-        self.store = store
+    def __init__(self, inserter: BulkInserter, rng: random.Random, today: date) -> None:
+        self.inserter = inserter
         self.rng = rng
         self.today = today
         self.midnight = datetime.combine(today, time(0), tzinfo=UTC)
         self.counts: dict[str, int] = {}
-        self.used_names: set[str] = set()
+        self.people: set[str] = set()
+        self.companies: set[str] = set()
+        self.company_round = 0
+        self.qualified_companies: list[tuple[str, str]] = []
 
     def insert(self, sobject: str, fields: dict[str, Any], modstamp: datetime) -> str:
         self.counts[sobject] = self.counts.get(sobject, 0) + 1
-        return self.store.insert(sobject, fields, modstamp=modstamp)
+        return self.inserter.insert(sobject, fields, modstamp=modstamp)
 
     def days_ago(self, days: int, *, hour_from: int = 8, hour_to: int = 18) -> datetime:
         """A working-hours moment `days` days before today, to the millisecond."""
@@ -248,12 +270,18 @@ class _Seeder:
         )
 
     def person_name(self) -> tuple[str, str]:
-        """A fresh name while the 900 combinations last; then repeats, as large orgs have."""
+        """A fresh name while the 900 combinations last; then repeats, as large orgs have.
+
+        Once all are taken one draw is enough: fifty doomed retries per contact made
+        seeding a large org slow.
+        """
+        if len(self.people) >= len(_FIRST_NAMES) * len(_LAST_NAMES):
+            return self.rng.choice(_FIRST_NAMES), self.rng.choice(_LAST_NAMES)
         for _ in range(50):
             first, last = self.rng.choice(_FIRST_NAMES), self.rng.choice(_LAST_NAMES)
-            if f"{first} {last}" not in self.used_names:
+            if f"{first} {last}" not in self.people:
                 break
-        self.used_names.add(f"{first} {last}")
+        self.people.add(f"{first} {last}")
         return first, last
 
     # -- users --------------------------------------------------------------------------------
@@ -268,6 +296,11 @@ class _Seeder:
         inactive = ""
         for index, title in enumerate(titles):
             first, last = self.person_name()
+            email = f"{_ascii_slug(first, '.')}.{_ascii_slug(last, '.')}@example.com"
+            if title == "Chief Customer Officer":
+                # A fixed person, though a name was drawn above: the draw keeps the random
+                # stream, and with it every other record of a seed, as it was.
+                first, last, email = _CUSTOMER_EXECUTIVE
             is_inactive = title == "Customer Success Manager" and index == 6
             modstamp = created + timedelta(days=index)
             if is_inactive:
@@ -277,7 +310,7 @@ class _Seeder:
                 {
                     "FirstName": first,
                     "LastName": last,
-                    "Email": f"{_ascii_slug(first, '.')}.{_ascii_slug(last, '.')}@example.com",
+                    "Email": email,
                     "Title": title,
                     "IsActive": not is_inactive,
                     "CreatedDate": created + timedelta(days=index),
@@ -295,13 +328,30 @@ class _Seeder:
     # -- accounts and contacts ----------------------------------------------------------------
 
     def company(self) -> tuple[str, str]:
-        while True:
-            kind, industry = self.rng.choice(_COMPANY_KINDS)
-            suffix = self.rng.choice(_LEGAL_SUFFIXES)
-            name = f"{self.rng.choice(_COMPANY_STEMS)} {kind} {suffix}".strip()
-            if name not in self.used_names:
-                self.used_names.add(name)
-                return name, industry
+        """A company name not used before, and its industry, for any number of accounts.
+
+        Random combinations while they last; after that, every combination again with
+        a qualifier ("Summit Capital Nordic LLC"), round after round, in shuffled order.
+        """
+        if len(self.companies) < _COMPANY_COMBINATIONS:
+            while True:
+                kind, industry = self.rng.choice(_COMPANY_KINDS)
+                suffix = self.rng.choice(_LEGAL_SUFFIXES)
+                name = f"{self.rng.choice(_COMPANY_STEMS)} {kind} {suffix}".strip()
+                if name not in self.companies:
+                    self.companies.add(name)
+                    return name, industry
+        if not self.qualified_companies:
+            self.company_round += 1
+            qualifier = _company_qualifier(self.company_round)
+            self.qualified_companies = [
+                (f"{stem} {kind} {qualifier} {suffix}".strip(), industry)
+                for stem in _COMPANY_STEMS
+                for kind, industry in _COMPANY_KINDS
+                for suffix in dict.fromkeys(_LEGAL_SUFFIXES)
+            ]
+            self.rng.shuffle(self.qualified_companies)
+        return self.qualified_companies.pop()
 
     def account(
         self, name: str, industry: str, country: str, owner: str | None
@@ -413,36 +463,57 @@ class _AccountInfo:
     name: str
     industry: str
     owner: str | None
+    seller: str | None  # the AE who owns the account's deals
     created: datetime
     contacts: list[tuple[str, str, str, bool]]  # (id, full name, title, usable for mail)
 
 
-def seed_org(store: SandboxStore, *, seed: int = 7, deals: int = 60, today: date) -> dict[str, Any]:
+def seed_org(
+    store: SandboxStore,
+    *,
+    seed: int = 7,
+    deals: int = 60,
+    today: date,
+    onboarding_days: int = 3,
+    recent_share: float = 0.2,
+) -> dict[str, Any]:
     """Fill an (empty) store with a realistic org and return summary counts.
 
-    Deterministic for the same (seed, deals, today): ``random.Random(seed)`` drives
-    every choice and every timestamp is derived from ``today``.
+    Deterministic for the same (seed, deals, today) and options: ``random.Random(seed)``
+    drives every choice and every timestamp is derived from ``today``.
+
+    ``recent_share`` of the deals (at least 4) are recent wins: Closed Won 1 to
+    ``onboarding_days`` days ago, spread uniformly, so a long onboarding playbook finds
+    clients at every stage of it; older wins lie before that window. The named edge
+    cases are always won yesterday.
     """
     if deals < 0:
         raise ValueError("deals must not be negative")
+    if onboarding_days < 1:
+        raise ValueError("onboarding_days must be at least 1")
+    if not 0 <= recent_share <= 1:
+        raise ValueError("recent_share must be between 0 and 1")
     rng = random.Random(seed)
-    seeder = _Seeder(store, rng, today)
-    with store.transaction():
-        summary = _seed(seeder, deals)
+    with store.bulk_insert() as inserter:
+        seeder = _Seeder(inserter, rng, today)
+        summary = _seed(seeder, deals, onboarding_days, recent_share)
     log.info("Seeded sandbox org: %s", summary)
     return summary
 
 
-def _seed(s: _Seeder, deals: int) -> dict[str, Any]:
+def _seed(s: _Seeder, deals: int, onboarding_days: int, recent_share: float) -> dict[str, Any]:
     rng = s.rng
     aes, csms, inactive_csm = s.users()
 
     accounts: list[_AccountInfo] = []
-    for _ in range(max(8, round(deals * 0.6))):
+    for index in range(max(8, round(deals * 0.6))):
         name, industry = s.company()
         owner = rng.choice(aes)
+        # Every fourth account is owned by another AE than the one who sells to it, so
+        # the account owner and the deal owner are not always the same person.
+        seller = aes[(aes.index(owner) + 1) % len(aes)] if index % 4 == 3 else owner
         account_id, created = s.account(name, industry, rng.choice(_COUNTRIES), owner)
-        info = _AccountInfo(account_id, name, industry, owner, created, [])
+        info = _AccountInfo(account_id, name, industry, owner, seller, created, [])
         domain = _ascii_slug(name.removesuffix(" Inc.").removesuffix(" GmbH")) + ".example"
         for _ in range(rng.randint(1, 3)):
             first, last = s.person_name()
@@ -456,7 +527,7 @@ def _seed(s: _Seeder, deals: int) -> dict[str, Any]:
             info.contacts.append((contact_id, f"{first} {last}", title, not opted_out))
         accounts.append(info)
 
-    n_recent = min(deals, max(4, round(deals * 0.2)))
+    n_recent = min(deals, max(4, round(deals * recent_share)))
     n_old = min(deals - n_recent, round(deals * 0.2))
     n_lost = min(deals - n_recent - n_old, round(deals * 0.15))
     kinds = ["recent"] * n_recent + ["old"] * n_old + ["lost"] * n_lost
@@ -465,27 +536,35 @@ def _seed(s: _Seeder, deals: int) -> dict[str, Any]:
     recent_positions = [i for i, kind in enumerate(kinds) if kind == "recent"]
     shared_group = set(rng.sample(recent_positions, min(4, len(recent_positions))))
     shared_stamp = s.midnight - timedelta(days=1) + timedelta(hours=2)
+    # Won the day before the bulk update at 02:00 yesterday; or, when the window is
+    # one day, yesterday before it.
+    shared_day, shared_from, shared_to = (2, 8, 18) if onboarding_days > 1 else (1, 0, 2)
+    oldest_win = max(30, onboarding_days + 1)
 
     for position, kind in enumerate(kinds):
         account = rng.choice(accounts)
+        product = rng.choice(_PRODUCTS)
+        rng.choice(aes)  # the deal owner's former draw, kept so the rest of a seed is as it was
         fields: dict[str, Any] = {
-            "Name": f"{account.name} — {rng.choice(_PRODUCTS)}",
+            "Name": f"{account.name} — {product}",
             "AccountId": account.id,
-            "OwnerId": rng.choice(aes),
+            "OwnerId": account.seller,
             "Type": rng.choice(_TYPES),
             "Amount": s.amount(),
         }
         primary_needed = kind == "recent"
         if kind == "recent":
-            day = 2 if position in shared_group else rng.randint(1, 3)
-            changed = s.days_ago(day, hour_from=8, hour_to=18)
+            if position in shared_group:
+                changed = s.days_ago(shared_day, hour_from=shared_from, hour_to=shared_to)
+            else:
+                changed = s.days_ago(rng.randint(1, onboarding_days), hour_from=8, hour_to=18)
             modstamp = changed + timedelta(minutes=rng.randint(0, 90), seconds=rng.randint(0, 59))
             if position in shared_group:
                 modstamp = shared_stamp
             fields.update(StageName="Closed Won", CloseDate=changed.date())
             fields["Customer_Success_Manager__c"] = rng.choice(csms)
         elif kind == "old":
-            changed = s.days_ago(rng.randint(30, 400))
+            changed = s.days_ago(rng.randint(oldest_win, oldest_win + 370))
             modstamp = changed + timedelta(days=rng.randint(0, 10), minutes=rng.randint(1, 600))
             fields.update(StageName="Closed Won", CloseDate=changed.date())
             fields["Customer_Success_Manager__c"] = rng.choice([*csms, inactive_csm])

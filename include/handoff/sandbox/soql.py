@@ -1,11 +1,12 @@
 """A small, honest SOQL subset compiled to parameterised SQLite SQL.
 
-Supported: ``SELECT f, Rel.f | COUNT() FROM Obj [alias] [WHERE cond]
+Supported: ``SELECT f, Rel.f, Rel.Rel.f | COUNT() FROM Obj [alias] [WHERE cond]
 [ORDER BY f [ASC|DESC] [NULLS FIRST|LAST], ...] [LIMIT n] [OFFSET n]`` with
 ``= != <> < <= > >= LIKE IN NOT IN``, ``AND``/``OR``/``NOT`` and parentheses, and
-relationship paths one level deep (LEFT JOINs). Anything else is rejected with
-``MALFORMED_QUERY`` instead of being half-understood, so code that works here is
-not silently relying on a feature the sandbox fakes.
+child-to-parent relationship paths up to five levels deep, as in Salesforce (LEFT
+JOINs; a polymorphic lookup such as Task.What only as the last step). Anything else
+is rejected with ``MALFORMED_QUERY`` instead of being half-understood, so code that
+works here is not silently relying on a feature the sandbox fakes.
 
 Semantics follow Salesforce where they differ from SQL: text comparisons are
 case-insensitive, ``!=`` and ``NOT IN`` match null values, datetimes compare in UTC.
@@ -17,6 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cached_property
 from typing import Any
 
 from handoff.sandbox.ids import normalize_id
@@ -37,6 +39,8 @@ from handoff.sandbox.store import (
 __all__ = ["CompiledQuery", "SoqlError", "compile_soql", "run_query"]
 
 _FETCH_CHUNK = 500
+# Salesforce follows at most five child-to-parent relationships in one field path.
+_MAX_RELATIONSHIP_DEPTH = 5
 
 
 class SoqlError(Exception):
@@ -416,9 +420,20 @@ class _Parser:
 class _Join:
     name: str  # canonical relationship name, e.g. Owner
     fk: FieldDef
+    parent: _Join | None  # the join whose row holds fk; None for the queried object
     targets: list[tuple[SObjectDef, str]]  # (sObject, SQL alias)
     id_index: int = -1
     type_index: int = -1
+
+    @cached_property
+    def chain(self) -> tuple[_Join, ...]:
+        """This join and its parents, from the queried object outwards."""
+        return (*(self.parent.chain if self.parent else ()), self)
+
+    @property
+    def on_sql(self) -> str:
+        parent_alias = "t0" if self.parent is None else self.parent.targets[0][1]
+        return f"{parent_alias}.{quote_ident(self.fk.name)}"
 
     @property
     def id_expr(self) -> str:
@@ -482,12 +497,23 @@ class CompiledQuery:
             params = [-1 if self.limit is None else self.limit, self.offset or 0]
         return tail, params
 
+    def _ids_sql(self) -> tuple[str, list[Any]]:
+        tail, tail_params = self._tail()
+        statement = (
+            f'SELECT t0."Id" FROM {self.from_sql} WHERE {self.where_sql} '
+            f"ORDER BY {self.order_sql}{tail}"
+        )
+        return statement, [*self.params, *tail_params]
+
     def ids(self, store: SandboxStore) -> list[str]:
         """Run the filter/sort/limit part and return matching Ids in result order."""
-        tail, tail_params = self._tail()
-        statement = f't0."Id" FROM {self.from_sql} WHERE {self.where_sql} ORDER BY {self.order_sql}'
-        rows = store.sql(f"SELECT {statement}{tail}", [*self.params, *tail_params])
-        return [row[0] for row in rows]
+        statement, params = self._ids_sql()
+        return [row[0] for row in store.sql(statement, params)]
+
+    def query_plan(self, store: SandboxStore) -> list[str]:
+        """How SQLite runs the filter/sort part, to check that lookups use an index."""
+        statement, params = self._ids_sql()
+        return [row[-1] for row in store.sql(f"EXPLAIN QUERY PLAN {statement}", params)]
 
     def count(self, store: SandboxStore) -> int:
         """Number of rows the query matches (what COUNT() returns), LIMIT/OFFSET applied."""
@@ -516,22 +542,23 @@ class CompiledQuery:
         record: dict[str, Any] = {"attributes": _attributes(self.sobject, row[0], api_version)}
         for item in self.layout:
             value = from_storage(item.fdef, row[item.index])
-            if item.join is None:
-                record[item.fdef.name] = value
-                continue
-            join = item.join
-            if join.name not in record:
-                related_id = row[join.id_index]
-                if related_id is None:
-                    record[join.name] = None
-                else:
-                    related_type = row[join.type_index]
-                    record[join.name] = {
-                        "attributes": _attributes(related_type, related_id, api_version)
-                    }
-            nested = record[join.name]
-            if nested is not None:
-                nested[item.fdef.name] = value
+            holder: dict[str, Any] | None = record
+            for join in item.join.chain if item.join else ():
+                assert holder is not None
+                if join.name not in holder:
+                    related_id = row[join.id_index]
+                    holder[join.name] = (
+                        None
+                        if related_id is None
+                        else {
+                            "attributes": _attributes(row[join.type_index], related_id, api_version)
+                        }
+                    )
+                holder = holder[join.name]
+                if holder is None:  # a missing parent is null, with nothing below it
+                    break
+            if holder is not None:
+                holder[item.fdef.name] = value
         return record
 
 
@@ -594,9 +621,11 @@ class _Compiler:
     def error(self, code: str, pos: int, text: str) -> SoqlError:
         return SoqlError(code, _located(self.soql, pos, text))
 
-    def join_for(self, fk: FieldDef) -> _Join:
+    def join_for(self, fk: FieldDef, parent: _Join | None) -> _Join:
+        """The LEFT JOIN that follows fk from parent's row (or the queried object's)."""
         assert fk.relationship_name is not None
-        key = fk.relationship_name.lower()
+        names = [join.name for join in parent.chain] if parent else []
+        key = ".".join([*names, fk.relationship_name]).lower()
         if key not in self.joins:
             number = len(self.joins) + 1
             targets = []
@@ -604,8 +633,34 @@ class _Compiler:
                 target_def = resolve_sobject(target)
                 assert target_def is not None
                 targets.append((target_def, f"r{number}_{position}"))
-            self.joins[key] = _Join(fk.relationship_name, fk, targets)
+            self.joins[key] = _Join(fk.relationship_name, fk, parent, targets)
         return self.joins[key]
+
+    def follow(self, path: _Path, relationships: list[str]) -> _Join:
+        """Join along relationship names from the queried object, e.g. Account, Owner."""
+        if len(relationships) > _MAX_RELATIONSHIP_DEPTH:
+            raise self.error(
+                "MALFORMED_QUERY",
+                path.pos,
+                f"'{path.text}': a field path follows at most {_MAX_RELATIONSHIP_DEPTH} "
+                "relationships",
+            )
+        join: _Join | None = None
+        for name in relationships:
+            if join is not None and len(join.targets) > 1:
+                raise self.error(
+                    "MALFORMED_QUERY",
+                    path.pos,
+                    f"'{path.text}': the sandbox does not follow relationships beyond the "
+                    f"polymorphic '{join.name}'",
+                )
+            sobject = self.sdef if join is None else join.targets[0][0]
+            fk = sobject.by_relationship.get(name.lower())
+            if fk is None:
+                raise self.error("INVALID_FIELD", path.pos, _NO_RELATIONSHIP.format(name=name))
+            join = self.join_for(fk, join)
+        assert join is not None
+        return join
 
     def resolve(self, path: _Path) -> _Column:
         parts = path.text.split(".")
@@ -623,27 +678,21 @@ class _Compiler:
                     _NO_COLUMN.format(name=parts[0], entity=self.sdef.name),
                 )
             return _Column(f"t0.{quote_ident(fdef.name)}", fdef, None, fdef.name.lower())
-        fk = self.sdef.by_relationship.get(parts[0].lower())
-        if fk is None:
-            raise self.error("INVALID_FIELD", path.pos, _NO_RELATIONSHIP.format(name=parts[0]))
-        if len(parts) > 2:
-            raise self.error(
-                "MALFORMED_QUERY",
-                path.pos,
-                f"'{path.text}': the sandbox supports relationship paths one level deep only",
-            )
-        join = self.join_for(fk)
-        if len(join.targets) > 1 and parts[1].lower() == "type":
-            return _Column(join.type_expr, _TYPE_FIELD, join, f"{join.name.lower()}.type")
-        target_fields = [target.field(parts[1]) for target, _ in join.targets]
+        join = self.follow(path, parts[:-1])
+        field_name = parts[-1]
+        join_key = ".".join(j.name for j in join.chain).lower()
+        if len(join.targets) > 1 and field_name.lower() == "type":
+            return _Column(join.type_expr, _TYPE_FIELD, join, f"{join_key}.type")
+        target_fields = [target.field(field_name) for target, _ in join.targets]
         if any(f is None for f in target_fields):
+            fk = join.fk
             entity = fk.reference_to[0] if len(fk.reference_to) == 1 else fk.relationship_name
             raise self.error(
-                "INVALID_FIELD", path.pos, _NO_COLUMN.format(name=parts[1], entity=entity)
+                "INVALID_FIELD", path.pos, _NO_COLUMN.format(name=field_name, entity=entity)
             )
         fdef = target_fields[0]
         assert fdef is not None
-        key = f"{join.name.lower()}.{fdef.name.lower()}"
+        key = f"{join_key}.{fdef.name.lower()}"
         return _Column(join.column_expr(fdef.name), fdef, join, key)
 
     def compile(self, include_deleted: bool) -> CompiledQuery:
@@ -660,7 +709,11 @@ class _Compiler:
             seen.add(column.key)
             select_exprs.append(column.expr)
             layout.append(_OutItem(column.fdef, len(select_exprs) - 1, column.join))
-        selected_joins = {id(item.join): item.join for item in layout if item.join is not None}
+        # Every join on the way to a selected field gives its record's Id and type, so
+        # Account.Owner.Name yields "Account": {"attributes": ..., "Owner": {...}}.
+        selected_joins = {
+            id(join): join for item in layout if item.join is not None for join in item.join.chain
+        }
         for join in selected_joins.values():
             select_exprs.append(join.id_expr)
             join.id_index = len(select_exprs) - 1
@@ -671,14 +724,17 @@ class _Compiler:
         if ast.where is not None:
             conditions.append(self.condition(ast.where))
         order_terms = [self.order_term(item) for item in ast.order]
-        order_terms.append('t0."Id" ASC')
+        if not any(self.resolve(item.path).key == "id" for item in ast.order):
+            # Ties keep one stable order. Not when Id is already sorted on: a repeated
+            # term stops SQLite from reading an index such as (SystemModstamp, Id) in order.
+            order_terms.append('t0."Id" ASC')
 
         from_sql = f"{quote_ident(self.sdef.name)} AS t0"
         for join in self.joins.values():
             for target, alias in join.targets:
                 from_sql += (
                     f" LEFT JOIN {quote_ident(target.name)} AS {alias}"
-                    f' ON {alias}."Id" = t0.{quote_ident(join.fk.name)}'
+                    f' ON {alias}."Id" = {join.on_sql}'
                 )
         return CompiledQuery(
             soql=self.soql,
@@ -708,6 +764,11 @@ class _Compiler:
         return f"{column.expr}{collate} {direction} NULLS {nulls}"
 
     def condition(self, cond: _Cond) -> str:
+        """SQL that is 0 or 1, never null, so NOT keeps SOQL's meaning for null values.
+
+        A comparison is written ``(x op ? AND x IS NOT NULL)`` rather than
+        ``IFNULL(x op ?, 0)``: same truth table, but SQLite can use an index on x.
+        """
         if cond.op in ("and", "or"):
             joiner = f" {cond.op.upper()} "
             return joiner.join(f"({self.condition(child)})" for child in cond.children)
@@ -736,7 +797,7 @@ class _Compiler:
             if literal.kind != "string":
                 raise self.type_error(fdef, literal)
             self.params.append(literal.like)
-            return f"IFNULL({expr} LIKE ? ESCAPE '\\', 0)"
+            return f"({expr} LIKE ? ESCAPE '\\' AND {column.expr} IS NOT NULL)"
         if cond.op == "in":
             values = [
                 self.param(fdef, literal) for literal in cond.values if literal.kind != "null"
@@ -745,7 +806,8 @@ class _Compiler:
             parts = []
             if values:
                 self.params.extend(values)
-                parts.append(f"IFNULL({expr} IN ({', '.join('?' for _ in values)}), 0)")
+                marks = ", ".join("?" for _ in values)
+                parts.append(f"({expr} IN ({marks}) AND {column.expr} IS NOT NULL)")
             if has_null:
                 parts.append(f"{column.expr} IS NULL")
             matched = " OR ".join(parts)
@@ -771,7 +833,7 @@ class _Compiler:
         self.params.append(self.param(fdef, literal))
         if operator == "!=":
             return f"({column.expr} IS NULL OR {expr} != ?)"
-        return f"IFNULL({expr} {operator} ?, 0)"
+        return f"({expr} {operator} ? AND {column.expr} IS NOT NULL)"
 
     def type_error(self, fdef: FieldDef, literal: _Literal) -> SoqlError:
         type_name, quoted = _TYPE_NAMES[fdef.type]

@@ -242,8 +242,7 @@ def format_datetime(moment: datetime) -> str:
     """Storage form of a datetime: ISO UTC with milliseconds, sortable as text."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 def parse_datetime(text: str) -> datetime:
@@ -356,14 +355,32 @@ class SandboxStore:
                     f"CREATE TABLE IF NOT EXISTS {quote_ident(sobject.name)} ({columns})"
                 )
                 self._add_missing_columns(sobject)
-                self._conn.execute(
-                    f"CREATE INDEX IF NOT EXISTS {quote_ident('ix_' + sobject.name + '_mod')} "
-                    f"ON {quote_ident(sobject.name)} (SystemModstamp, Id)"
-                )
+                self._create_indexes(sobject)
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS _sandbox_counter "
                 "(name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
             )
+
+    def _create_indexes(self, sobject: SObjectDef) -> None:
+        """Index what queries filter and sort on, as Salesforce indexes its standard fields.
+
+        Id is the primary key; (SystemModstamp, Id) serves incremental extraction in
+        modstamp order; every lookup column (OpportunityContactRole.OpportunityId,
+        Contact.AccountId, Task.WhatId, ...) gets its own index, so a lookup of a few
+        hundred parents stays fast in an org of millions of rows. IF NOT EXISTS also
+        adds them to an org file from before they were introduced.
+        """
+        table = quote_ident(sobject.name)
+        self._conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {quote_ident('ix_' + sobject.name + '_mod')} "
+            f"ON {table} (SystemModstamp, Id)"
+        )
+        for fdef in sobject.fields:
+            if fdef.type == "reference":
+                index = quote_ident(f"ix_{sobject.name}_{fdef.name}")
+                self._conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({quote_ident(fdef.name)})"
+                )
 
     def _add_missing_columns(self, sobject: SObjectDef) -> None:
         """Add the columns of fields newer than the org file (e.g. Handoff_Key__c).
@@ -466,15 +483,10 @@ class SandboxStore:
             if changed and "LastStageChangeDate" not in columns:
                 columns["LastStageChangeDate"] = stamp
 
-    def insert(
-        self, sobject: str, fields: Mapping[str, Any], *, modstamp: datetime | None = None
-    ) -> str:
-        """Insert a record and return its new 18-char Id.
-
-        This is the trusted path (seeding, tests): system fields such as CreatedDate
-        or LastStageChangeDate may be given; the API layer validates before calling.
-        """
-        sdef = self._sobject(sobject)
+    def _new_row(
+        self, sdef: SObjectDef, fields: Mapping[str, Any], modstamp: datetime | None
+    ) -> dict[str, Any]:
+        """The storage columns of a record to insert: defaults, derived and system fields."""
         stamp = format_datetime(modstamp or datetime.now(UTC))
         columns = self._columns(sdef, fields)
         for fdef in sdef.fields:
@@ -485,6 +497,18 @@ class SandboxStore:
         columns["LastModifiedDate"] = stamp
         columns["SystemModstamp"] = stamp
         columns["IsDeleted"] = 0
+        return columns
+
+    def insert(
+        self, sobject: str, fields: Mapping[str, Any], *, modstamp: datetime | None = None
+    ) -> str:
+        """Insert a record and return its new 18-char Id.
+
+        This is the trusted path (seeding, tests): system fields such as CreatedDate
+        or LastStageChangeDate may be given; the API layer validates before calling.
+        """
+        sdef = self._sobject(sobject)
+        columns = self._new_row(sdef, fields, modstamp)
         with self.transaction():
             record_id = make_id(sdef.key_prefix, self._next_counter(sdef.name))
             columns["Id"] = record_id
@@ -495,6 +519,22 @@ class SandboxStore:
                 tuple(columns.values()),
             )
         return record_id
+
+    @contextmanager
+    def bulk_insert(self, batch_size: int = 2000) -> Iterator[BulkInserter]:
+        """Insert many records in one transaction, a batch of rows per statement.
+
+        Seeding an org of 200,000 deals inserts nearly a million rows, and an INSERT
+        plus two counter statements for each was nearly half the time. Ids are minted
+        at once (the Ids single inserts would give) and rows are written with
+        executemany per sObject when a batch fills and at the end. Rows still in a
+        batch are not visible to reads, so this is for writers that only need the Ids
+        back. Any exception rolls everything back.
+        """
+        with self.transaction():
+            inserter = BulkInserter(self, batch_size)
+            yield inserter
+            inserter.flush()
 
     def _raw(self, sdef: SObjectDef, record_id: str) -> dict[str, Any] | None:
         normalized = normalize_id(record_id)
@@ -578,3 +618,53 @@ class SandboxStore:
             {f.name: from_storage(f, value) for f, value in zip(sdef.fields, row, strict=True)}
             for row in raw_rows
         ]
+
+
+class BulkInserter:
+    """Buffered inserts for ``SandboxStore.bulk_insert`` (see there for why)."""
+
+    def __init__(self, store: SandboxStore, batch_size: int) -> None:
+        self._store = store
+        self._batch_size = batch_size
+        self._counters: dict[str, int] = {}
+        self._pending: dict[str, list[tuple[Any, ...]]] = {}
+
+    def insert(
+        self, sobject: str, fields: Mapping[str, Any], *, modstamp: datetime | None = None
+    ) -> str:
+        """Validate and queue a record like ``SandboxStore.insert``; return its Id now."""
+        store = self._store
+        sdef = store._sobject(sobject)
+        columns = store._new_row(sdef, fields, modstamp)
+        if sdef.name not in self._counters:
+            rows = store.sql("SELECT value FROM _sandbox_counter WHERE name = ?", (sdef.name,))
+            self._counters[sdef.name] = rows[0][0] if rows else 0
+        self._counters[sdef.name] += 1
+        record_id = make_id(sdef.key_prefix, self._counters[sdef.name])
+        columns["Id"] = record_id
+        pending = self._pending.setdefault(sdef.name, [])
+        pending.append(tuple(columns.get(f.name) for f in sdef.fields))
+        if len(pending) >= self._batch_size:
+            self._write(sdef.name)
+        return record_id
+
+    def flush(self) -> None:
+        """Write every queued row and the advanced Id counters."""
+        for name in list(self._pending):
+            self._write(name)
+        self._store._conn.executemany(
+            "INSERT INTO _sandbox_counter (name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            sorted(self._counters.items()),
+        )
+
+    def _write(self, sobject: str) -> None:
+        rows = self._pending.pop(sobject, [])
+        if not rows:
+            return
+        fields = SOBJECTS[sobject].fields
+        names = ", ".join(quote_ident(f.name) for f in fields)
+        marks = ", ".join("?" for _ in fields)
+        self._store._conn.executemany(
+            f"INSERT INTO {quote_ident(sobject)} ({names}) VALUES ({marks})", rows
+        )

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -78,13 +79,21 @@ onboarding = Table(
     metadata,
     Column("source", String(32), primary_key=True),
     Column("deal_id", String(64), primary_key=True),
+    # active (its steps are planned as they fall due), stopped (left Closed Won) or completed
     Column("status", String(16), nullable=False),
+    # Day 0 of the playbook: the win as first detected (a later edit of the date moves nothing).
     Column("won_at", UtcDateTime, nullable=False),
     Column("detected_at", UtcDateTime, nullable=False),
     Column("detected_run", String(250), nullable=False, index=True),
     Column("planned_run", String(250), nullable=True),
     Column("stopped_at", UtcDateTime, nullable=True),
     Column("stop_reason", Text, nullable=True),
+    # When the planner must look at this deal again (its next step falls due); NULL: now.
+    Column("next_step_at", UtcDateTime, nullable=True, index=True),
+    # The deal snapshot the last plan was made from: a newer one is planned again.
+    Column("planned_modstamp", UtcDateTime, nullable=True),
+    # A client taken on while already inside its 90 days: steps due before this are not sent.
+    Column("adopted_at", UtcDateTime, nullable=True),
 )
 
 outbox = Table(
@@ -98,6 +107,9 @@ outbox = Table(
     Column("kind", String(16), nullable=False),
     Column("status", String(16), nullable=False, index=True),
     Column("payload", JSON, nullable=False),
+    # When the step may go out, and the latest moment it is still sensible (then: skipped).
+    Column("due_at", UtcDateTime, nullable=False),
+    Column("not_after", UtcDateTime, nullable=True),
     Column("attempts", Integer, nullable=False, default=0),
     Column("claimed_by", String(250), nullable=True),
     Column("claimed_at", UtcDateTime, nullable=True),
@@ -110,6 +122,8 @@ outbox = Table(
     Column("finished_run", String(250), nullable=True, index=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    Index("ix_handoff_outbox_claim", "source", "kind", "status", "due_at"),
+    Index("ix_handoff_outbox_deal", "source", "deal_id"),
 )
 
 deal_issues = Table(

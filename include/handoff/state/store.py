@@ -24,9 +24,22 @@ from pathlib import Path
 from typing import Any
 
 from more_itertools import chunked
-from sqlalchemy import Connection, Engine, and_, create_engine, event, func, or_, select, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import make_url
 
+from handoff.errors import ConfigError
 from handoff.models import ActionKind, ActionStatus, DealIssue, PlannedAction
 from handoff.state.schema import (
     deal_issues,
@@ -85,6 +98,26 @@ class StateStore:
         with self.engine.begin() as conn:
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
+
+    @staticmethod
+    def head_revision() -> str:
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        return ScriptDirectory.from_config(config).get_current_head()
+
+    def check_schema(self) -> None:
+        """Migrations run once per deployment (``handoff db upgrade``), never inside a run: a
+        store that is behind stops the run before anything is read or sent."""
+        current, head = self.current_revision(), self.head_revision()
+        if current != head:
+            state = "has no schema yet" if current is None else f"is at revision {current}"
+            raise ConfigError(
+                f"the state store {self.location} {state}; this version needs revision {head}. "
+                "Run `handoff db upgrade` (or the deployment's init step) once, then re-run"
+            )
 
     def current_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext
@@ -150,18 +183,37 @@ class StateStore:
     ) -> None:
         """Upsert snapshots and move the watermark in the same transaction."""
         now = utcnow()
+        values = [{**row, "source": source, "updated_at": now} for row in rows]
         with self.engine.begin() as conn:
-            for row in rows:
-                values = {**row, "source": source, "updated_at": now}
-                stmt = self._insert(deals).values(**values)
+            if values:
+                stmt = self._insert(deals)
+                columns = [k for k in values[0] if k not in ("source", "deal_id")]
                 conn.execute(
                     stmt.on_conflict_do_update(
                         index_elements=[deals.c.source, deals.c.deal_id],
-                        set_={k: v for k, v in values.items() if k not in ("source", "deal_id")},
-                    )
+                        set_={k: stmt.excluded[k] for k in columns},
+                    ),
+                    values,
                 )
             if watermark is not None:
                 self._set_watermark(conn, source, stream, watermark)
+
+    def update_contacts(self, source: str, contacts: dict[str, dict[str, Any] | None]) -> None:
+        """Replace the primary contact in deal snapshots (re-read right before dispatch)."""
+        records = self.deal_records(source, contacts)
+        with self.engine.begin() as conn:
+            changed = [
+                {"b_deal_id": deal_id, "b_record": {**record, "primary_contact": contacts[deal_id]}}
+                for deal_id, record in records.items()
+                if record.get("primary_contact") != contacts[deal_id]
+            ]
+            if changed:
+                conn.execute(
+                    update(deals)
+                    .where(deals.c.source == source, deals.c.deal_id == bindparam("b_deal_id"))
+                    .values(record=bindparam("b_record")),
+                    changed,
+                )
 
     def deal_records(self, source: str, deal_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         return self._deal_column(source, deal_ids, deals.c.record)
@@ -184,75 +236,104 @@ class StateStore:
             .where(deals.c.is_won.is_(True), onboarding.c.deal_id.is_(None))
         )
 
-    def _candidates(self, source: str, window_start: datetime, window_end: datetime):
+    def _candidates(self, source: str, won_from: datetime, window_end: datetime):
         return (
             self._won_never_onboarded(deals.c.deal_id, deals.c.won_at)
             .where(
                 deals.c.source == source,
                 deals.c.is_deleted.is_(False),
-                deals.c.won_at >= window_start,
+                deals.c.won_at >= won_from,
                 deals.c.won_at < window_end,
             )
             .order_by(deals.c.won_at, deals.c.deal_id)
         )
 
     def onboarding_candidates(
-        self, source: str, window_start: datetime, window_end: datetime
+        self, source: str, won_from: datetime, window_end: datetime
     ) -> list[str]:
         """Won deals of the window that have no onboarding yet (what detection would start)."""
         with self.engine.connect() as conn:
-            return list(conn.execute(self._candidates(source, window_start, window_end)).scalars())
+            return list(conn.execute(self._candidates(source, won_from, window_end)).scalars())
+
+    def candidate_snapshots(
+        self, source: str, won_from: datetime, window_end: datetime
+    ) -> list[dict[str, Any]]:
+        """The candidates with their snapshots, shaped like :meth:`deals_to_plan` rows."""
+        query = self._candidates(source, won_from, window_end).add_columns(
+            deals.c.modstamp, deals.c.record
+        )
+        with self.engine.connect() as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
 
     def start_onboarding(
-        self, source: str, window_start: datetime, window_end: datetime, run_id: str
+        self,
+        source: str,
+        won_from: datetime,
+        window_end: datetime,
+        run_id: str,
+        *,
+        adopt_before: datetime | None = None,
+        adopted_at: datetime | None = None,
     ) -> list[str]:
-        """Mark won deals of the window that have no onboarding yet as detected; return ids."""
+        """Start onboarding every won deal of ``[won_from, window_end)`` not yet onboarded.
+
+        Wins before ``adopt_before`` are clients taken on while already in their 90 days: their
+        onboarding records ``adopted_at``, and steps due before it are never sent.
+        """
         now = utcnow()
         with self.engine.begin() as conn:
-            candidates = conn.execute(self._candidates(source, window_start, window_end)).all()
-            detected = []
-            for row in candidates:
-                inserted = conn.execute(
-                    self._insert(onboarding)
-                    .values(
-                        source=source,
-                        deal_id=row.deal_id,
-                        status="detected",
-                        won_at=row.won_at,
-                        detected_at=now,
-                        detected_run=run_id,
-                    )
-                    .on_conflict_do_nothing()
-                )
-                if inserted.rowcount:
-                    detected.append(row.deal_id)
-            return detected
+            candidates = conn.execute(self._candidates(source, won_from, window_end)).all()
+            values = [
+                {
+                    "source": source,
+                    "deal_id": row.deal_id,
+                    "status": "active",
+                    "won_at": row.won_at,
+                    "detected_at": now,
+                    "detected_run": run_id,
+                    "adopted_at": adopted_at
+                    if adopt_before is not None and row.won_at < adopt_before
+                    else None,
+                }
+                for row in candidates
+            ]
+            for chunk in chunked(values, 1000):
+                conn.execute(self._insert(onboarding).on_conflict_do_nothing(), chunk)
+        return [row.deal_id for row in candidates]
 
-    def count_won_before(self, source: str, window_start: datetime) -> int:
-        """Won deals older than the look-back window that were never onboarded (not mailed)."""
+    def count_onboarding(self, source: str, status: str = "active") -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(func.count())
+                .select_from(onboarding)
+                .where(onboarding.c.source == source, onboarding.c.status == status)
+            ).scalar_one()
+
+    def count_won_before(self, source: str, won_from: datetime) -> int:
+        """Won deals older than the onboarding start that were never onboarded (not mailed)."""
         with self.engine.connect() as conn:
             return conn.execute(
                 self._won_never_onboarded(func.count()).where(
-                    deals.c.source == source, deals.c.won_at < window_start
+                    deals.c.source == source, deals.c.won_at < won_from
                 )
             ).scalar_one()
 
+    def _onboarding_with_deal(self, *columns):
+        return select(*columns).join(
+            deals,
+            and_(deals.c.source == onboarding.c.source, deals.c.deal_id == onboarding.c.deal_id),
+        )
+
     def stop_onboarding_of_lost_deals(self, source: str, run_id: str) -> list[str]:
-        """Deals that left Closed Won (re-opened, lost, deleted) stop; pending steps cancel."""
+        """Deals that left Closed Won (re-opened, lost, deleted) stop; waiting steps cancel."""
         now = utcnow()
         with self.engine.begin() as conn:
             rows = conn.execute(
-                select(onboarding.c.deal_id, deals.c.stage, deals.c.is_deleted)
-                .join(
-                    deals,
-                    and_(
-                        deals.c.source == onboarding.c.source,
-                        deals.c.deal_id == onboarding.c.deal_id,
-                    ),
-                )
-                .where(
+                self._onboarding_with_deal(
+                    onboarding.c.deal_id, deals.c.stage, deals.c.is_deleted
+                ).where(
                     onboarding.c.source == source,
-                    onboarding.c.status != "stopped",
+                    onboarding.c.status == "active",
                     or_(deals.c.is_won.is_(False), deals.c.is_deleted.is_(True)),
                 )
             ).all()
@@ -272,73 +353,259 @@ class StateStore:
                     .where(
                         outbox.c.source == source,
                         outbox.c.deal_id == row.deal_id,
-                        outbox.c.status == ActionStatus.PENDING,
+                        outbox.c.status.in_([ActionStatus.PENDING, ActionStatus.HELD]),
                     )
                     .values(
                         status=ActionStatus.CANCELLED,
-                        reason=reason,
+                        reason=f"stopped: {reason}",
                         finished_run=run_id,
                         updated_at=now,
                     )
                 )
             return [row.deal_id for row in rows]
 
-    def deals_to_plan(self, source: str) -> list[str]:
-        with self.engine.connect() as conn:
-            return list(
+    def resume_rewon_deals(self, source: str, run_id: str, at: datetime) -> list[str]:
+        """Stopped deals that are Closed Won again continue where they stopped.
+
+        Steps cancelled by the stop come back if they are still sensible at ``at``; steps done
+        before stay done, so nothing is sent twice.
+        """
+        now = utcnow()
+        with self.engine.begin() as conn:
+            ids = list(
                 conn.execute(
-                    select(onboarding.c.deal_id)
-                    .where(onboarding.c.source == source, onboarding.c.status == "detected")
-                    .order_by(onboarding.c.won_at, onboarding.c.deal_id)
+                    self._onboarding_with_deal(onboarding.c.deal_id).where(
+                        onboarding.c.source == source,
+                        onboarding.c.status == "stopped",
+                        deals.c.is_won.is_(True),
+                        deals.c.is_deleted.is_(False),
+                    )
                 ).scalars()
             )
+            for chunk in chunked(ids, 500):
+                conn.execute(
+                    update(onboarding)
+                    .where(onboarding.c.source == source, onboarding.c.deal_id.in_(chunk))
+                    .values(
+                        status="active",
+                        stopped_at=None,
+                        stop_reason=None,
+                        next_step_at=None,
+                        planned_modstamp=None,
+                    )
+                )
+                cancelled = and_(
+                    outbox.c.source == source,
+                    outbox.c.deal_id.in_(chunk),
+                    outbox.c.status == ActionStatus.CANCELLED,
+                    outbox.c.reason.startswith("stopped: "),
+                )
+                still_sensible = or_(outbox.c.not_after.is_(None), outbox.c.not_after >= at)
+                conn.execute(
+                    update(outbox)
+                    .where(cancelled, still_sensible)
+                    .values(
+                        status=ActionStatus.PENDING,
+                        reason="the deal is Closed Won again",
+                        finished_run=None,
+                        updated_at=now,
+                    )
+                )
+                conn.execute(
+                    update(outbox)
+                    .where(cancelled)
+                    .values(
+                        status=ActionStatus.SKIPPED,
+                        reason="the deal is Closed Won again, but after this step's lateness "
+                        "limit: it is not sent late",
+                        finished_run=run_id,
+                        updated_at=now,
+                    )
+                )
+        return ids
+
+    def deals_to_plan(self, source: str, at: datetime) -> list[dict[str, Any]]:
+        """Active onboardings the planner must look at: a step fell due or the deal changed."""
+        query = self._onboarding_with_deal(
+            onboarding.c.deal_id,
+            onboarding.c.won_at,
+            onboarding.c.adopted_at,
+            onboarding.c.planned_modstamp,
+            deals.c.modstamp,
+            deals.c.record,
+        ).where(
+            onboarding.c.source == source,
+            onboarding.c.status == "active",
+            or_(
+                onboarding.c.next_step_at.is_(None),
+                onboarding.c.next_step_at <= at,
+                onboarding.c.planned_modstamp.is_(None),
+                onboarding.c.planned_modstamp != deals.c.modstamp,
+            ),
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(onboarding.c.won_at)).mappings()
+            return [dict(row) for row in rows]
+
+    def step_statuses(self, source: str, deal_ids: Sequence[str]) -> list[tuple[str, str, str]]:
+        """(deal, step, status) of every outbox row of these deals."""
+        result: list[tuple[str, str, str]] = []
+        with self.engine.connect() as conn:
+            for chunk in chunked(list(deal_ids), 500):
+                rows = conn.execute(
+                    select(outbox.c.deal_id, outbox.c.step, outbox.c.status).where(
+                        outbox.c.source == source, outbox.c.deal_id.in_(chunk)
+                    )
+                )
+                result.extend((r.deal_id, r.step, r.status) for r in rows)
+        return result
 
     def record_plan(
         self,
         source: str,
-        deal_id: str,
-        actions: Sequence[PlannedAction],
-        issues: Sequence[DealIssue],
         run_id: str,
+        actions: Sequence[PlannedAction],
+        *,
+        next_steps: Sequence[dict[str, Any]] = (),
+        issues: Sequence[DealIssue] = (),
+        hold: Sequence[tuple[str, str]] = (),
+        release: Sequence[str] = (),
     ) -> int:
-        """Insert a deal's actions and issues and mark it planned, atomically; return new rows."""
+        """Record one batch of planning in one transaction; return the outbox rows inserted.
+
+        ``next_steps``: per deal, ``next_step_at``, ``planned_modstamp`` and ``status``.
+        ``hold``: (deal, reason) whose pending client steps wait for the handoff document;
+        ``release``: deals whose held steps may now go out.
+        """
         now = utcnow()
+        rows = [
+            {
+                "dedupe_key": action.dedupe_key,
+                "source": action.source,
+                "deal_id": action.deal_id,
+                "step": action.step,
+                "kind": action.kind,
+                "status": action.status,
+                "payload": action.payload,
+                "due_at": action.due_at or now,
+                "not_after": action.not_after,
+                "attempts": 0,
+                "reason": action.reason,
+                "planned_run": run_id,
+                "finished_run": run_id
+                if action.status not in (ActionStatus.PENDING, ActionStatus.HELD)
+                else None,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for action in actions
+        ]
         inserted = 0
         with self.engine.begin() as conn:
-            for action in actions:
-                finished = action.status != ActionStatus.PENDING
-                result = conn.execute(
-                    self._insert(outbox)
-                    .values(
-                        dedupe_key=action.dedupe_key,
-                        source=action.source,
-                        deal_id=action.deal_id,
-                        step=action.step,
-                        kind=action.kind,
-                        status=action.status,
-                        payload=action.payload,
-                        attempts=0,
-                        reason=action.reason,
-                        planned_run=run_id,
-                        finished_run=run_id if finished else None,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                    .on_conflict_do_nothing(index_elements=[outbox.c.dedupe_key])
+            if rows:
+                stmt = self._insert(outbox).on_conflict_do_nothing(
+                    index_elements=[outbox.c.dedupe_key]
                 )
-                inserted += result.rowcount
+                before = conn.execute(select(func.count()).select_from(outbox)).scalar_one()
+                conn.execute(stmt, rows)
+                after = conn.execute(select(func.count()).select_from(outbox)).scalar_one()
+                inserted = after - before
             for issue in issues:
                 self._insert_issue(conn, issue, run_id)
-            conn.execute(
+            if next_steps:
+                conn.execute(
+                    update(onboarding)
+                    .where(
+                        onboarding.c.source == source,
+                        onboarding.c.deal_id == bindparam("b_deal_id"),
+                    )
+                    .values(
+                        next_step_at=bindparam("b_next_step_at"),
+                        planned_modstamp=bindparam("b_planned_modstamp"),
+                        status=bindparam("b_status"),
+                        planned_run=run_id,
+                    ),
+                    [{f"b_{k}": v for k, v in item.items()} for item in next_steps],
+                )
+            client = outbox.c.payload["client"].as_boolean()
+            for deal_id, reason in hold:
+                conn.execute(
+                    update(outbox)
+                    .where(
+                        outbox.c.source == source,
+                        outbox.c.deal_id == deal_id,
+                        outbox.c.status == ActionStatus.PENDING,
+                        client,
+                    )
+                    .values(status=ActionStatus.HELD, reason=reason, updated_at=now)
+                )
+            for chunk in chunked(list(release), 500):
+                conn.execute(
+                    update(outbox)
+                    .where(
+                        outbox.c.source == source,
+                        outbox.c.deal_id.in_(chunk),
+                        outbox.c.status == ActionStatus.HELD,
+                    )
+                    .values(
+                        status=ActionStatus.PENDING,
+                        reason="released: the handoff document is complete",
+                        updated_at=now,
+                    )
+                )
+        return inserted
+
+    @staticmethod
+    def _late(source: str, at: datetime):
+        return and_(
+            outbox.c.source == source,
+            outbox.c.status.in_([ActionStatus.PENDING, ActionStatus.HELD]),
+            outbox.c.not_after < at,
+        )
+
+    def late_rows(self, source: str, at: datetime) -> list[dict[str, Any]]:
+        """Waiting steps past their lateness limit at ``at`` (what :meth:`skip_late` skips)."""
+        with self.engine.connect() as conn:
+            query = select(outbox).where(self._late(source, at)).order_by(outbox.c.due_at)
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def skip_late(self, source: str, at: datetime, run_id: str) -> list[dict[str, Any]]:
+        """Waiting steps whose lateness limit passed are skipped, never sent late."""
+        now = utcnow()
+        late = self._late(source, at)
+        with self.engine.begin() as conn:
+            rows = [dict(r) for r in conn.execute(select(outbox).where(late)).mappings()]
+            for row in rows:
+                held = " (held: the handoff document was incomplete)" * (
+                    row["status"] == ActionStatus.HELD
+                )
+                label = row["payload"].get("deal_label") or f"deal {row['deal_id']}"
+                conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id == row["id"], late)
+                    .values(
+                        status=ActionStatus.SKIPPED,
+                        finished_run=run_id,
+                        updated_at=now,
+                        reason=f"{label}: {row['step']} was due {row['due_at']:%Y-%m-%d %H:%M} "
+                        f"UTC and was still waiting{held} at its lateness limit "
+                        f"{row['not_after']:%Y-%m-%d %H:%M} UTC; it is not sent late",
+                    )
+                )
+        return rows
+
+    def complete_onboarding(self, source: str, won_before: datetime) -> int:
+        """Onboardings whose every step is past: completed (the planner stops looking)."""
+        with self.engine.begin() as conn:
+            return conn.execute(
                 update(onboarding)
                 .where(
                     onboarding.c.source == source,
-                    onboarding.c.deal_id == deal_id,
-                    onboarding.c.status == "detected",
+                    onboarding.c.status == "active",
+                    onboarding.c.won_at < won_before,
                 )
-                .values(status="planned", planned_run=run_id)
-            )
-        return inserted
+                .values(status="completed", next_step_at=None)
+            ).rowcount
 
     def record_issue(self, issue: DealIssue, run_id: str) -> None:
         """Record a data issue once per deal and code (re-runs do not repeat it)."""
@@ -370,15 +637,36 @@ class StateStore:
         """Rows ``worker`` still holds: only their holder may attempt, record or release them."""
         return and_(outbox.c.claimed_by == worker, outbox.c.status == ActionStatus.IN_FLIGHT)
 
-    def has_rows(self, source: str, kind: ActionKind, *statuses: ActionStatus) -> bool:
+    def has_rows(
+        self,
+        source: str,
+        kind: ActionKind,
+        *statuses: ActionStatus,
+        due_by: datetime | None = None,
+    ) -> bool:
         """Whether any row of this source and kind is in one of ``statuses`` (cheap check)."""
+        query = select(outbox.c.id).where(self._of(source, kind), outbox.c.status.in_(statuses))
+        if due_by is not None:
+            query = query.where(outbox.c.due_at <= due_by)
         with self.engine.connect() as conn:
-            first = conn.execute(
-                select(outbox.c.id)
-                .where(self._of(source, kind), outbox.c.status.in_(statuses))
-                .limit(1)
-            ).first()
+            first = conn.execute(query.limit(1)).first()
         return first is not None
+
+    def due_deals(self, source: str, due_by: datetime) -> list[str]:
+        """Deals with a step waiting to go out by ``due_by``: whose contacts to re-read."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(outbox.c.deal_id)
+                    .where(
+                        outbox.c.source == source,
+                        outbox.c.status.in_([ActionStatus.PENDING, ActionStatus.IN_FLIGHT]),
+                        outbox.c.due_at <= due_by,
+                    )
+                    .distinct()
+                    .order_by(outbox.c.deal_id)
+                ).scalars()
+            )
 
     def take_over_stale(
         self, source: str, kind: ActionKind, worker: str, lease: timedelta
@@ -422,14 +710,19 @@ class StateStore:
         return sorted(map(dict, orphans), key=lambda row: row["id"])
 
     def claim(
-        self, source: str, kind: ActionKind, worker: str, *, limit: int
+        self, source: str, kind: ActionKind, worker: str, *, limit: int, due_by: datetime
     ) -> list[dict[str, Any]]:
-        """Claim up to ``limit`` pending rows of one source and kind, oldest first."""
+        """Claim up to ``limit`` pending rows of one source and kind due by ``due_by``, in due
+        order (several workers share the work: on PostgreSQL each skips the others' rows)."""
         now = utcnow()
         pick = (
             select(outbox.c.id)
-            .where(self._of(source, kind), outbox.c.status == ActionStatus.PENDING)
-            .order_by(outbox.c.id)
+            .where(
+                self._of(source, kind),
+                outbox.c.status == ActionStatus.PENDING,
+                outbox.c.due_at <= due_by,
+            )
+            .order_by(outbox.c.due_at, outbox.c.id)
             .limit(limit)
         )
         if self.dialect == "postgresql":
@@ -454,7 +747,7 @@ class StateStore:
                 .mappings()
                 .all()
             )
-        return sorted(map(dict, claimed), key=lambda row: row["id"])
+        return sorted(map(dict, claimed), key=lambda row: (row["due_at"], row["id"]))
 
     def mark_attempted(self, dedupe_keys: Sequence[str], worker: str) -> set[str]:
         """Record, before handing effects over, that they are about to be attempted.
@@ -519,32 +812,48 @@ class StateStore:
         *,
         external_id: str | None = None,
         reason: str | None = None,
+        payload: dict[str, Any] | None = None,
     ) -> bool:
         """Record the outcome of a claimed action (only the claiming worker may)."""
-        outcome = {"dedupe_key": dedupe_key, "status": status}
+        outcome = {"dedupe_key": dedupe_key, "status": status, "payload": payload}
         outcome |= {"external_id": external_id, "reason": reason}
         return self.finish_many([outcome], worker, run_id) == 1
 
     def finish_many(self, outcomes: Sequence[dict[str, Any]], worker: str, run_id: str) -> int:
         """Record outcomes; returns how many were still this worker's to record."""
-        recorded = 0
+        if not outcomes:
+            return 0
+        params = [
+            {
+                "b_key": o["dedupe_key"],
+                "b_status": o["status"],
+                "b_external_id": o.get("external_id"),
+                "b_reason": o.get("reason"),
+                "b_payload": o.get("payload"),
+            }
+            for o in outcomes
+        ]
+        keys = [o["dedupe_key"] for o in outcomes]
+        mine = and_(outbox.c.dedupe_key.in_(keys), self._held_by(worker))
+        now = utcnow()
         with self.engine.begin() as conn:
-            for outcome in outcomes:
-                result = conn.execute(
-                    update(outbox)
-                    .where(
-                        outbox.c.dedupe_key == outcome["dedupe_key"],
-                        self._held_by(worker),
-                    )
-                    .values(
-                        status=outcome["status"],
-                        finished_run=run_id,
-                        external_id=outcome.get("external_id"),
-                        reason=outcome.get("reason"),
-                        updated_at=utcnow(),
-                    )
-                )
-                recorded += result.rowcount
+            recorded = conn.execute(select(func.count()).select_from(outbox).where(mine)).scalar()
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.dedupe_key == bindparam("b_key"), self._held_by(worker))
+                .values(
+                    status=bindparam("b_status"),
+                    finished_run=run_id,
+                    external_id=bindparam("b_external_id"),
+                    reason=bindparam("b_reason"),
+                    # None keeps the planned payload; a resolved one records what went out.
+                    payload=func.coalesce(
+                        bindparam("b_payload", type_=JSON(none_as_null=True)), outbox.c.payload
+                    ),
+                    updated_at=now,
+                ),
+                params,
+            )
         if recorded != len(outcomes):
             log.warning(
                 "%s of %s outcomes were not recorded by %s: another worker took those rows over "
@@ -556,15 +865,16 @@ class StateStore:
         return recorded
 
     def unfinished(self, source: str) -> list[dict[str, Any]]:
-        """Rows of a source still pending or in flight: what a run leaves for later."""
+        """Rows of a source still waiting (pending, held or in flight): what a run leaves."""
+        waiting = [ActionStatus.PENDING, ActionStatus.HELD, ActionStatus.IN_FLIGHT]
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(outbox)
                 .where(
                     outbox.c.source == source,
-                    outbox.c.status.in_([ActionStatus.PENDING, ActionStatus.IN_FLIGHT]),
+                    outbox.c.status.in_(waiting),
                 )
-                .order_by(outbox.c.id)
+                .order_by(outbox.c.due_at, outbox.c.id)
             ).mappings()
             return [dict(row) for row in rows]
 
