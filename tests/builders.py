@@ -194,18 +194,9 @@ def day_zero(deal: Deal, settings, people=None):
 
 def save_snapshot(store, deal: Deal, modstamp: datetime | None = None) -> None:
     """Store the deal as extraction would (dispatch resolves steps from this snapshot)."""
-    row = {
-        "deal_id": deal.deal_id,
-        "is_won": deal.is_won,
-        "is_deleted": deal.is_deleted,
-        "stage": deal.stage,
-        "amount": deal.amount,
-        "close_date": deal.close_date,
-        "won_at": deal.won_at,
-        "modstamp": modstamp or deal.won_at,
-        "record": deal.to_record(),
-    }
-    store.save_deals(deal.source, "deals", [row], None)
+    from handoff.pipeline import snapshot_row
+
+    store.save_deals(deal.source, "deals", [snapshot_row(deal, modstamp or deal.won_at)], None)
 
 
 def plan_steps(store, deal: Deal, *steps: str, run_id: str = "run-1") -> list[str]:

@@ -146,6 +146,14 @@ def full_playbook(monkeypatch):
 
 
 @pytest.fixture
+def renderer(settings):
+    """The email renderer a run uses (every template of the playbook checked first)."""
+    from handoff.pipeline import check_templates
+
+    return check_templates(settings)
+
+
+@pytest.fixture
 def state(settings):
     """The migrated state store the ``settings`` fixture points at (SQLite in a temp dir)."""
     from handoff.state import StateStore

@@ -259,15 +259,22 @@ def run_once(args: argparse.Namespace) -> int:
     return code
 
 
-def upgrade_store(args: argparse.Namespace) -> int:  # noqa: ARG001
-    """``handoff db upgrade``: bring the state store's schema to this version, once."""
+def _settings_or_none():
+    """The validated settings, or None after printing the configuration error."""
     from handoff.config import ConfigError, load_settings
-    from handoff.state import StateStore
 
     try:
-        settings = load_settings()
+        return load_settings()
     except ConfigError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
+        return None
+
+
+def upgrade_store(args: argparse.Namespace) -> int:  # noqa: ARG001
+    """``handoff db upgrade``: bring the state store's schema to this version, once."""
+    from handoff.state import StateStore
+
+    if (settings := _settings_or_none()) is None:
         return 2
     store = StateStore(settings.state.url)
     try:
@@ -282,14 +289,10 @@ def upgrade_store(args: argparse.Namespace) -> int:  # noqa: ARG001
 
 def init_store(args: argparse.Namespace) -> int:
     """Create or upgrade the state store; declare it the start of this CRM's history."""
-    from handoff.config import ConfigError, load_settings
     from handoff.pipeline import declare_fresh_start
     from handoff.state import StateStore
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"Configuration error: {exc}", file=sys.stderr)
+    if (settings := _settings_or_none()) is None:
         return 2
     store = StateStore(settings.state.url)
     try:

@@ -14,12 +14,12 @@ before anything is planned or sent (``HANDOFF_PLAYBOOK`` overrides its path).
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError
 
 from handoff.errors import ConfigError
+from handoff.files import read_toml
 from handoff.playbook import Playbook, load_playbook
 
 __all__ = ["ConfigError", "Settings", "load_settings", "project_root"]
@@ -140,12 +140,7 @@ class Settings(_Section):
 def load_settings(path: str | Path | None = None) -> Settings:
     """Read, validate and resolve the configuration (file from ``HANDOFF_CONFIG`` if set)."""
     config_path = Path(path or os.environ.get(CONFIG_ENV) or default_config_path())
-    try:
-        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"configuration file {config_path} does not exist") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"configuration file {config_path} is not valid TOML: {exc}") from exc
+    raw = read_toml(config_path, "configuration file", f"{CONFIG_ENV} or the default path")
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:

@@ -47,7 +47,7 @@ from handoff.models import (
 from handoff.planning import People, Resolution, resolve, task_from_payload
 from handoff.schedule import plan_due_steps
 from handoff.schedule import record as record_plan
-from handoff.state.store import StateStore
+from handoff.state.store import Since, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,11 @@ def _deal_row(crm: CrmClient, record: dict[str, Any]) -> dict[str, Any]:
         account_owner=person("account_owner"),
         handoff_doc={key: record.get(f"doc_{key}") for key in crm.handoff_fields},
     )
+    return snapshot_row(deal, record["modstamp"].to_pydatetime())
+
+
+def snapshot_row(deal: Deal, modstamp: datetime) -> dict[str, Any]:
+    """A deal as the store keeps it: the columns queries filter on, and the whole record."""
     return {
         "deal_id": deal.deal_id,
         "is_won": deal.is_won,
@@ -153,8 +158,8 @@ def _deal_row(crm: CrmClient, record: dict[str, Any]) -> dict[str, Any]:
         "stage": deal.stage,
         "amount": deal.amount,
         "close_date": deal.close_date,
-        "won_at": won_at,
-        "modstamp": record["modstamp"].to_pydatetime(),
+        "won_at": deal.won_at,
+        "modstamp": modstamp,
         "record": deal.to_record(),
     }
 
@@ -175,7 +180,9 @@ def detect_new_wins(
     for these deals: if it does, this store is not the one that onboarded them.
     """
     source = crm.source
-    stopped = store.stop_onboarding_of_lost_deals(source, run.run_id)
+    since = _last_detection(store, source)
+    started = datetime.now(UTC)
+    stopped = store.stop_onboarding_of_lost_deals(source, run.run_id, since)
     resumed = store.resume_rewon_deals(source, run.run_id, run.window_end)
     calls_before = crm.api_calls
     start = onboarding_start(store, settings, source, run.window_end)
@@ -189,8 +196,11 @@ def detect_new_wins(
         run.run_id,
         adopt_before=start.adopt_before,
         adopted_at=start.adopted_at,
+        since=since,
     )
-    older = store.count_won_before(source, start.won_from)
+    _remember_detection(store, source, started, run.window_end, since)
+    # Counted on the first run only: the backlog a first install leaves alone, by design.
+    older = store.count_won_before(source, start.won_from) if start.is_new else None
     log.info(
         "%s new Closed Won deals, %s stopped, %s won again, %s won before %s ignored",
         len(detected),
@@ -209,6 +219,26 @@ def detect_new_wins(
 
 
 START_MARK = "onboard_won_after"
+# A snapshot committed while a detection ran is still looked at by the next one.
+DETECTION_MARGIN = timedelta(minutes=5)
+
+
+def _last_detection(store: StateStore, source: str) -> Since | None:
+    """Where the last detection stopped: an hourly run looks only at what changed since."""
+    saved = store.get_meta(f"detected_saved:{source}")
+    window_end = store.get_meta(f"detected_window:{source}")
+    if not (saved and window_end):
+        return None
+    return Since(datetime.fromisoformat(saved), datetime.fromisoformat(window_end))
+
+
+def _remember_detection(
+    store: StateStore, source: str, started: datetime, window_end: datetime, since: Since | None
+) -> None:
+    # A replay of an earlier hour leaves the window mark where the latest run put it.
+    latest_window = max(since.window_end, window_end) if since else window_end
+    store.set_meta(f"detected_saved:{source}", (started - DETECTION_MARGIN).isoformat())
+    store.set_meta(f"detected_window:{source}", latest_window.isoformat())
 
 
 @dataclass(frozen=True)

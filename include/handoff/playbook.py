@@ -10,7 +10,6 @@ Durations are written the way a person says them: ``"4h"``, ``"2d"``, ``"1d12h"`
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +25,7 @@ from pydantic import (
 )
 
 from handoff.errors import ConfigError
+from handoff.files import read_toml
 
 Role = Literal["client", "ae", "csm", "executive", "account_owner"]
 ROLE_NAMES = {
@@ -191,12 +191,7 @@ class Playbook:
 
 def load_playbook(path: Path, templates_dir: Path | None = None) -> Playbook:
     """Read and validate the playbook; every error names the file, the step and the value."""
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"playbook {path} does not exist ([playbook].file)") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"playbook {path} is not valid TOML: {exc}") from exc
+    raw = read_toml(path, "playbook", "[playbook].file")
     try:
         spec = PlaybookSpec.model_validate(raw)
     except ValidationError as exc:

@@ -276,3 +276,27 @@ def test_a_deal_whose_snapshot_cannot_be_read_is_reported_and_the_others_go_on(t
     counts = timeline.run(WON_AT + hours(2))
     assert counts["deals_unplannable"] == 1, "tried again"
     assert len(timeline.store.issues(code="plan_error")) == 1, "reported once"
+
+
+def test_wins_before_the_first_installs_look_back_stay_out(timeline):
+    timeline.save(make_deal(won_at=WON_AT - timedelta(days=20)), WON_AT - timedelta(days=20))
+    timeline.run(WON_AT)
+    assert timeline.store.onboarding_rows() == [] and timeline.steps() == {}
+
+
+def test_adopting_clients_in_progress_gives_them_only_their_future_steps(
+    timeline, settings, monkeypatch
+):
+    adopting = settings.model_copy(
+        update={
+            "detection": settings.detection.model_copy(update={"adopt_clients_in_progress": True})
+        }
+    )
+    timeline.settings = adopting
+    timeline.save(make_deal(won_at=WON_AT - timedelta(days=20)), WON_AT - timedelta(days=20))
+    timeline.run(WON_AT)
+    [onboarding] = timeline.store.onboarding_rows()
+    assert onboarding["adopted_at"] == WON_AT
+    assert timeline.steps() == {}, "nothing from before the install, not even as skipped"
+    timeline.run(WON_AT + timedelta(days=1, hours=1))  # day 21 of the client's 90
+    assert timeline.steps() == {"weekly_checkin_day_21": ActionStatus.PENDING}

@@ -92,3 +92,29 @@ def test_a_dead_attempt_that_wrote_half_a_batch_gets_only_the_other_half(
 
     assert (counts["tasks_reconciled"], counts["tasks_created"]) == (3, 3)
     assert sorted(keys_in_crm(sandbox).values()) == [1] * 6
+
+
+def test_a_step_whose_owner_is_nobody_fails_with_its_reason_and_the_others_go_on(
+    crm, state, settings, sandbox, full_playbook
+):
+    from handoff.config import load_settings
+
+    settings = load_settings()  # the whole playbook: the leader's note is a step
+    nobody = settings.model_copy(
+        update={"sender": settings.sender.model_copy(update={"email": "cco@nowhere.example"})}
+    )
+    org = SandboxOrg(sandbox.store)
+    deal = make_deal(
+        deal_id=org.won_deal("Leaderless"),
+        owner=replace(make_deal().owner, id=org.rep),
+        csm=replace(make_deal().csm, id=org.csm),
+        primary_contact=replace(CONTACT, id=None),
+    )
+    plan_steps(state, deal, "leader_personal_note", "first_cs_contact")
+    counts = write_tasks(crm, state, nobody, RUN)
+    assert (counts["tasks_created"], counts["tasks_failed"]) == (1, 1)
+    [note] = state.actions(step="leader_personal_note")
+    assert note["status"] == ActionStatus.FAILED
+    assert note["reason"].startswith(f"deal {deal.deal_id} (")
+    assert "[sender].email: no active user is the configured executive" in note["reason"]
+    assert state.actions(step="first_cs_contact")[0]["status"] == ActionStatus.DONE

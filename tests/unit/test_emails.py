@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from jinja2 import UndefinedError
 
-from handoff.emails import EmailRenderer
 from handoff.mail import Unsubscribe, build_message, message_id
 from tests.builders import CONTACT, HANDOFF_DOC, day_zero, make_deal
 
@@ -31,17 +30,6 @@ def settings(full_playbook, tmp_path, monkeypatch):
 
     monkeypatch.setenv("HANDOFF_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
     return load_settings()
-
-
-@pytest.fixture
-def renderer(settings):
-    return EmailRenderer(
-        settings.output.templates_dir,
-        common={
-            "unsubscribe_url": settings.unsubscribe.url,
-            "unsubscribe_mailto": str(settings.unsubscribe.mailto),
-        },
-    )
 
 
 def welcome(settings, **changes):

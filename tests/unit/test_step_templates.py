@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from handoff.emails import EmailRenderer, long_date
+from handoff.emails import long_date
 
 TEMPLATES = [
     "timeline",
@@ -60,17 +60,6 @@ CONTEXTS = {"full": FULL, "no_csm_no_timeline": BARE}
 CASES = [(t, c) for t in TEMPLATES for c in CONTEXTS]
 CASE_IDS = [f"{t}-{c}" for t, c in CASES]
 ISO_DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
-
-
-@pytest.fixture
-def renderer(settings):
-    return EmailRenderer(
-        settings.output.templates_dir,
-        common={
-            "unsubscribe_url": settings.unsubscribe.url,
-            "unsubscribe_mailto": str(settings.unsubscribe.mailto),
-        },
-    )
 
 
 def render(renderer, template, context):

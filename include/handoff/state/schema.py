@@ -71,7 +71,7 @@ deals = Table(
     Column("won_at", UtcDateTime, nullable=True, index=True),
     Column("modstamp", UtcDateTime, nullable=False),
     Column("record", JSON, nullable=False),
-    Column("updated_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False, index=True),
 )
 
 onboarding = Table(
@@ -94,6 +94,7 @@ onboarding = Table(
     Column("planned_modstamp", UtcDateTime, nullable=True),
     # A client taken on while already inside its 90 days: steps due before this are not sent.
     Column("adopted_at", UtcDateTime, nullable=True),
+    Index("ix_handoff_onboarding_status", "source", "status"),
 )
 
 outbox = Table(

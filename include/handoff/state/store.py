@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,15 @@ TRY_MARK = "#"  # worker ids are "<task instance>#<try>": tries of one instance 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Since:
+    """Where the last detection of a source stopped: snapshots saved from ``saved`` on (wall
+    clock, with a margin) and wins from ``window_end`` on (a win dated in the future)."""
+
+    saved: datetime
+    window_end: datetime
 
 
 class StateStore:
@@ -195,6 +205,17 @@ class StateStore:
                     ),
                     values,
                 )
+                # A changed deal is planned again by the next run (its conditions, its gate).
+                for chunk in chunked([v["deal_id"] for v in values], 500):
+                    conn.execute(
+                        update(onboarding)
+                        .where(
+                            onboarding.c.source == source,
+                            onboarding.c.deal_id.in_(chunk),
+                            onboarding.c.status == "active",
+                        )
+                        .values(next_step_at=None)
+                    )
             if watermark is not None:
                 self._set_watermark(conn, source, stream, watermark)
 
@@ -236,17 +257,20 @@ class StateStore:
             .where(deals.c.is_won.is_(True), onboarding.c.deal_id.is_(None))
         )
 
-    def _candidates(self, source: str, won_from: datetime, window_end: datetime):
-        return (
-            self._won_never_onboarded(deals.c.deal_id, deals.c.won_at)
-            .where(
-                deals.c.source == source,
-                deals.c.is_deleted.is_(False),
-                deals.c.won_at >= won_from,
-                deals.c.won_at < window_end,
-            )
-            .order_by(deals.c.won_at, deals.c.deal_id)
+    def _candidates(
+        self, source: str, won_from: datetime, window_end: datetime, since: Since | None = None
+    ):
+        query = self._won_never_onboarded(deals.c.deal_id, deals.c.won_at).where(
+            deals.c.source == source,
+            deals.c.is_deleted.is_(False),
+            deals.c.won_at >= won_from,
+            deals.c.won_at < window_end,
         )
+        if since is not None:  # only what can have changed since the last detection
+            query = query.where(
+                or_(deals.c.updated_at >= since.saved, deals.c.won_at >= since.window_end)
+            )
+        return query.order_by(deals.c.won_at, deals.c.deal_id)
 
     def onboarding_candidates(
         self, source: str, won_from: datetime, window_end: datetime
@@ -274,6 +298,7 @@ class StateStore:
         *,
         adopt_before: datetime | None = None,
         adopted_at: datetime | None = None,
+        since: Since | None = None,
     ) -> list[str]:
         """Start onboarding every won deal of ``[won_from, window_end)`` not yet onboarded.
 
@@ -282,7 +307,7 @@ class StateStore:
         """
         now = utcnow()
         with self.engine.begin() as conn:
-            candidates = conn.execute(self._candidates(source, won_from, window_end)).all()
+            candidates = conn.execute(self._candidates(source, won_from, window_end, since)).all()
             values = [
                 {
                     "source": source,
@@ -324,19 +349,22 @@ class StateStore:
             and_(deals.c.source == onboarding.c.source, deals.c.deal_id == onboarding.c.deal_id),
         )
 
-    def stop_onboarding_of_lost_deals(self, source: str, run_id: str) -> list[str]:
+    def stop_onboarding_of_lost_deals(
+        self, source: str, run_id: str, since: Since | None = None
+    ) -> list[str]:
         """Deals that left Closed Won (re-opened, lost, deleted) stop; waiting steps cancel."""
         now = utcnow()
+        query = self._onboarding_with_deal(
+            onboarding.c.deal_id, deals.c.stage, deals.c.is_deleted
+        ).where(
+            onboarding.c.source == source,
+            onboarding.c.status == "active",
+            or_(deals.c.is_won.is_(False), deals.c.is_deleted.is_(True)),
+        )
+        if since is not None:  # only a deal saved since the last detection can have left
+            query = query.where(deals.c.updated_at >= since.saved)
         with self.engine.begin() as conn:
-            rows = conn.execute(
-                self._onboarding_with_deal(
-                    onboarding.c.deal_id, deals.c.stage, deals.c.is_deleted
-                ).where(
-                    onboarding.c.source == source,
-                    onboarding.c.status == "active",
-                    or_(deals.c.is_won.is_(False), deals.c.is_deleted.is_(True)),
-                )
-            ).all()
+            rows = conn.execute(query).all()
             for row in rows:
                 reason = (
                     "the deal was deleted in the CRM"
@@ -436,12 +464,8 @@ class StateStore:
         ).where(
             onboarding.c.source == source,
             onboarding.c.status == "active",
-            or_(
-                onboarding.c.next_step_at.is_(None),
-                onboarding.c.next_step_at <= at,
-                onboarding.c.planned_modstamp.is_(None),
-                onboarding.c.planned_modstamp != deals.c.modstamp,
-            ),
+            # A saved change clears next_step_at (see save_deals): one indexed condition.
+            or_(onboarding.c.next_step_at.is_(None), onboarding.c.next_step_at <= at),
         )
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(onboarding.c.won_at)).mappings()

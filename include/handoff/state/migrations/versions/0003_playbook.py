@@ -35,6 +35,9 @@ def upgrade() -> None:
         )
         batch_op.add_column(sa.Column("adopted_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.create_index("ix_handoff_onboarding_next_step_at", ["next_step_at"], unique=False)
+        batch_op.create_index("ix_handoff_onboarding_status", ["source", "status"], unique=False)
+    with op.batch_alter_table("handoff_deals", schema=None) as batch_op:
+        batch_op.create_index("ix_handoff_deals_updated_at", ["updated_at"], unique=False)
     # Deals detected or planned by the day-0 version continue with the rest of the playbook.
     op.execute(
         "UPDATE handoff_onboarding SET status = 'active' WHERE status IN ('detected', 'planned')"
@@ -43,7 +46,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("UPDATE handoff_onboarding SET status = 'planned' WHERE status = 'active'")
+    with op.batch_alter_table("handoff_deals", schema=None) as batch_op:
+        batch_op.drop_index("ix_handoff_deals_updated_at")
     with op.batch_alter_table("handoff_onboarding", schema=None) as batch_op:
+        batch_op.drop_index("ix_handoff_onboarding_status")
         batch_op.drop_index("ix_handoff_onboarding_next_step_at")
         batch_op.drop_column("adopted_at")
         batch_op.drop_column("planned_modstamp")
