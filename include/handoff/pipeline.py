@@ -984,10 +984,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"CRM tasks created: {summary['tasks_created']}")
     lines += [f"  - {t['step']} for {t['deal_id']} -> {t['external_id']}" for t in summary["tasks"]]
     lines.append(f"Skipped / failed / unconfirmed / cancelled: {len(summary['problems'])}")
-    lines += [f"  - [{p['status']}] {p['reason']}" for p in summary["problems"]]
+    lines += [f"  - [{p['status']}] {p['step']}: {p['reason']}" for p in summary["problems"]]
     if summary["waiting"]:
         lines.append(f"Still to do (waiting): {len(summary['waiting'])}")
-        lines += [f"  - {w['reason']}" for w in summary["waiting"]]
+        lines += [f"  - [{w['status']}] {w['step']}: {w['reason']}" for w in summary["waiting"]]
     if summary["issues"]:
         lines.append(f"Data issues: {len(summary['issues'])}")
         lines += [f"  - {i['reason']}" for i in summary["issues"]]
