@@ -149,6 +149,61 @@ class PlannedAction:
         return dedupe_key(self.source, self.deal_id, self.step)
 
 
+@dataclass(frozen=True)
+class OutboxRow:
+    """An outbox row as dispatch sees it: one step of one deal, and where it stands."""
+
+    id: int
+    dedupe_key: str
+    source: str
+    deal_id: str
+    step: str
+    kind: ActionKind
+    status: ActionStatus
+    payload: dict[str, Any]
+    due_at: datetime
+    not_after: datetime | None = None
+    attempts: int = 0
+    claimed_by: str | None = None
+    claimed_at: datetime | None = None
+    attempted_at: datetime | None = None
+    external_id: str | None = None
+    reason: str | None = None
+    planned_run: str = ""
+    finished_run: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @classmethod
+    def from_mapping(cls, row: Any) -> OutboxRow:
+        values = dict(row)
+        values["kind"] = ActionKind(values["kind"])
+        values["status"] = ActionStatus(values["status"])
+        return cls(**values)
+
+    @classmethod
+    def planned(cls, action: PlannedAction) -> OutboxRow:
+        """A row a dry run would insert (never stored)."""
+        return cls(
+            id=0,
+            dedupe_key=action.dedupe_key,
+            source=action.source,
+            deal_id=action.deal_id,
+            step=action.step,
+            kind=action.kind,
+            status=action.status,
+            payload=action.payload,
+            due_at=action.due_at or datetime.min,
+            not_after=action.not_after,
+            reason=action.reason,
+        )
+
+    @property
+    def label(self) -> str:
+        """How reasons name the deal: id and name, as the planner wrote it."""
+        return self.payload.get("deal_label") or f"deal {self.deal_id}"
+
+
 def dedupe_key(source: str, deal_id: str, step: str) -> str:
     return f"{source}:{deal_id}:{step}"
 

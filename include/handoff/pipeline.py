@@ -41,6 +41,7 @@ from handoff.models import (
     ActionKind,
     ActionStatus,
     Deal,
+    OutboxRow,
     Person,
     WriteResult,
 )
@@ -354,20 +355,8 @@ def dry_run(
     renderer = check_templates(settings)
     sender = settings.sender
     people = People(executive=Person(id=f"(the CRM user {sender.email})", name=sender.name))
-    waiting = [r for r in store.unfinished(source) if r["status"] == ActionStatus.PENDING]
-    rows = [r for r in waiting if r["due_at"] <= at] + [
-        {
-            "dedupe_key": a.dedupe_key,
-            "deal_id": a.deal_id,
-            "step": a.step,
-            "kind": a.kind,
-            "status": a.status,
-            "reason": a.reason,
-            "due_at": a.due_at,
-            "payload": a.payload,
-        }
-        for a in plan.actions
-    ]
+    waiting = [r for r in store.unfinished(source) if r.status == ActionStatus.PENDING]
+    rows = [r for r in waiting if r.due_at <= at] + [OutboxRow.planned(a) for a in plan.actions]
     deals = _deals_of(store, source, rows)
     contacts = crm.primary_contacts(sorted(deals))  # read, as dispatch would; not stored
     deals = {d: replace(deal, primary_contact=contacts.get(d)) for d, deal in deals.items()}
@@ -375,11 +364,11 @@ def dry_run(
     for row in store.late_rows(source, at):
         items.append(
             {
-                "deal_id": row["deal_id"],
-                "step": row["step"],
-                "kind": row["kind"],
+                "deal_id": row.deal_id,
+                "step": row.step,
+                "kind": row.kind,
                 "would": "skip",
-                "reason": f"{deal_label(row)}: {row['step']} is past its lateness limit",
+                "reason": f"{row.label}: {row.step} is past its lateness limit",
             }
         )
     report = {
@@ -398,10 +387,10 @@ def dry_run(
 
 
 def _preview(row, deals, settings, run, people, renderer) -> dict[str, Any]:
-    item = {"deal_id": row["deal_id"], "step": row["step"], "kind": row["kind"]}
-    if row["status"] != ActionStatus.PENDING:
-        would = "hold" if row["status"] == ActionStatus.HELD else "skip"
-        return {**item, "would": would, "reason": row["reason"]}
+    item = {"deal_id": row.deal_id, "step": row.step, "kind": row.kind}
+    if row.status != ActionStatus.PENDING:
+        would = "hold" if row.status == ActionStatus.HELD else "skip"
+        return {**item, "would": would, "reason": row.reason}
     resolved = _resolve_row(row, deals, settings, run, people)
     if not resolved.ready:
         return {
@@ -410,7 +399,7 @@ def _preview(row, deals, settings, run, people, renderer) -> dict[str, Any]:
             "reason": resolved.reason,
         }
     payload = resolved.payload
-    if row["kind"] == ActionKind.EMAIL:
+    if row.kind == ActionKind.EMAIL:
         subject = renderer.render(payload["template"], payload["context"]).subject
         return {**item, "would": "send", "to": payload["to"]["email"], "subject": subject}
     return {
@@ -463,36 +452,36 @@ def refresh_contacts(crm: CrmClient, store: StateStore, run: RunContext) -> dict
     return {"deals_refreshed": len(deal_ids), "api_calls": crm.api_calls - calls_before}
 
 
-def _deals_of(store: StateStore, source: str, rows: list[dict[str, Any]]) -> dict[str, Deal]:
-    records = store.deal_records(source, {row["deal_id"] for row in rows})
+def _deals_of(store: StateStore, source: str, rows: list[OutboxRow]) -> dict[str, Deal]:
+    records = store.deal_records(source, {row.deal_id for row in rows})
     return {deal_id: Deal.from_record(record) for deal_id, record in records.items()}
 
 
 def _resolve_row(
-    row: dict[str, Any],
+    row: OutboxRow,
     deals: dict[str, Deal],
     settings: Settings,
     run: RunContext,
     people: People | None = None,
 ) -> Resolution:
     """The row's step for its deal, from the latest snapshot (who and what, decided now)."""
-    step = settings.plan.step(row["step"])
-    label = deal_label(row)
+    step = settings.plan.step(row.step)
+    label = row.label
     if step is None:
         return Resolution(
             ActionStatus.SKIPPED,
             {},
-            f"{label}: {row['step']} is no longer a step of the playbook "
+            f"{label}: {row.step} is no longer a step of the playbook "
             f"({settings.playbook.file}); it is not sent",
         )
-    deal = deals.get(row["deal_id"])
+    deal = deals.get(row.deal_id)
     if deal is None:
         return Resolution(ActionStatus.FAILED, {}, f"{label}: no snapshot of the deal is stored")
     try:
-        return resolve(deal, step, settings, people or People(), row["due_at"], run.window_end)
+        return resolve(deal, step, settings, people or People(), row.due_at, run.window_end)
     except Exception as exc:  # one deal's bad data must not hold up the others
         return Resolution(
-            ActionStatus.FAILED, {}, f"{label}: {row['step']} could not be prepared: {exc}"
+            ActionStatus.FAILED, {}, f"{label}: {row.step} could not be prepared: {exc}"
         )
 
 
@@ -537,7 +526,7 @@ def send_emails(
     lease = timedelta(seconds=settings.dispatch.lease_seconds)
     for row in store.take_over_stale(source, ActionKind.EMAIL, run.worker, lease):
         reason = (
-            f"{deal_label(row)}: {row['step']}: the attempt that was sending it stopped after "
+            f"{row.label}: {row.step}: the attempt that was sending it stopped after "
             "handing the message to the SMTP server and before recording its answer"
         )
         _hold_unconfirmed(store, run, row, reason, str(settings.sender.email))
@@ -564,21 +553,21 @@ def send_emails(
                         _close(store, run, row, resolved.status, resolved.reason, None)
                         counts[f"emails_{resolved.status}"] += 1
                         continue
-                    row = {**row, "payload": resolved.payload}
+                    row = replace(row, payload=resolved.payload)
                     _send_one(store, run, renderer, transport, unsubscribe, folder, row, counts)
                 except BaseException as exc:
                     # A temporary SMTP error is an answer: the message was not taken. Any other
                     # failure leaves an attempted message in flight, to be held, never resent.
                     refused = isinstance(exc, TransientMailError)
                     why = f"{type(exc).__name__}: {exc}"
-                    keys = [r["dedupe_key"] for r in batch[index:]]
+                    keys = [r.dedupe_key for r in batch[index:]]
                     store.release(keys, run.worker, why, refused=refused)
                     raise
     return counts
 
 
 def _send_one(store, run, renderer, transport, unsubscribe, folder, row, counts) -> None:
-    key, payload = row["dedupe_key"], row["payload"]
+    key, payload = row.dedupe_key, row.payload
     try:
         rendered = renderer.render(payload["template"], payload["context"])
     except TemplateError as exc:  # the templates, not the deal: stop the run, fail nothing
@@ -588,7 +577,7 @@ def _send_one(store, run, renderer, transport, unsubscribe, folder, row, counts)
             payload, rendered, dedupe_key=key, unsubscribe=unsubscribe, sent_at=datetime.now(UTC)
         )
     except Exception as exc:  # a data defect of this one deal: record it, go on
-        _fail_email(store, run, row, f"{deal_label(row)}: {row['step']} could not be built: {exc}")
+        _fail_email(store, run, row, f"{row.label}: {row.step} could not be built: {exc}")
         counts["emails_failed"] += 1
         return
     recipients = [payload["to"]["email"], *(person["email"] for person in payload.get("cc", []))]
@@ -603,28 +592,28 @@ def _send_one(store, run, renderer, transport, unsubscribe, folder, row, counts)
         log.warning("%s was taken over by another worker; not sent here", key)
         return
     except PermanentMailError as exc:
-        reason = f"{deal_label(row)}: the SMTP server refused {row['step']}: {exc}"
+        reason = f"{row.label}: the SMTP server refused {row.step}: {exc}"
         _fail_email(store, run, row, reason, message["Message-ID"])
         counts["emails_failed"] += 1
         return
     except MailOutcomeUnknown as exc:
-        what = f"{deal_label(row)}: {row['step']}: {exc}"
-        _hold_unconfirmed(store, run, row, what, row["payload"]["from"]["email"])
+        what = f"{row.label}: {row.step}: {exc}"
+        _hold_unconfirmed(store, run, row, what, row.payload["from"]["email"])
         counts["emails_unconfirmed"] += 1
         # The connection is gone: the rest of the batch goes back and the retry goes on.
         raise TransientMailError(f"the SMTP connection dropped while sending {key}") from exc
     # The server accepted the message: this row is never released again.
     _record_sent(store, run, row, message, refused, counts)
     try:
-        write_copy(message, folder, f"{safe_name(row['deal_id'])}-{row['step']}")
+        write_copy(message, folder, f"{safe_name(row.deal_id)}-{row.step}")
     except OSError as exc:
         log.warning("Could not keep a copy of %s: %s", message["Message-ID"], exc)
 
 
 def _hold_unconfirmed(
-    store: StateStore, run: RunContext, row: dict[str, Any], what: str, sender: str
+    store: StateStore, run: RunContext, row: OutboxRow, what: str, sender: str
 ) -> None:
-    mid = message_id(row["dedupe_key"], sender)
+    mid = message_id(row.dedupe_key, sender)
     reason = (
         f"{what}; it may have been delivered, so it is not sent again. Look for Message-ID "
         f"{mid} in the SMTP server's log and send it by hand only if it is absent"
@@ -635,13 +624,13 @@ def _hold_unconfirmed(
 
 def _fail_email(store, run, row, reason: str, external_id: str | None = None) -> None:
     log.error("%s", reason)
-    _close(store, run, row, ActionStatus.FAILED, reason, external_id, row["payload"])
+    _close(store, run, row, ActionStatus.FAILED, reason, external_id, row.payload)
 
 
 def _close(store, run, row, status, reason, external_id, payload=None) -> None:
     """Record a row's outcome, with the resolved payload of what went out (for the summary)."""
     store.finish(
-        row["dedupe_key"],
+        row.dedupe_key,
         run.worker,
         status,
         run.run_id,
@@ -652,22 +641,17 @@ def _close(store, run, row, status, reason, external_id, payload=None) -> None:
 
 
 def _record_sent(store, run, row, message, refused, counts) -> None:
-    client = row["payload"]["to"]["email"]
+    client = row.payload["to"]["email"]
     if any(address.lower() == client.lower() for address in refused):
-        reason = f"{deal_label(row)}: the client address {client} was refused: {refused}"
+        reason = f"{row.label}: the client address {client} was refused: {refused}"
         status = ActionStatus.FAILED
         counts["emails_failed"] += 1
     else:
         reason = f"some Cc recipients were refused: {refused}" if refused else None
         status = ActionStatus.DONE
         counts["emails_sent"] += 1
-        log.info("Sent %s to %s as %s", row["step"], client, message["Message-ID"])
-    _close(store, run, row, status, reason, message["Message-ID"], row["payload"])
-
-
-def deal_label(row: dict[str, Any]) -> str:
-    """How an outbox row names its deal in a reason: id and name, as the planner wrote it."""
-    return row["payload"].get("deal_label") or f"deal {row['deal_id']}"
+        log.info("Sent %s to %s as %s", row.step, client, message["Message-ID"])
+    _close(store, run, row, status, reason, message["Message-ID"], row.payload)
 
 
 # -- write tasks -------------------------------------------------------------------------------
@@ -702,8 +686,8 @@ def write_tasks(
         claim = partial(store.claim, source, ActionKind.TASK, run.worker, due_by=due_by)
         while batch := claim(limit=crm.write_batch_size):
             ready = dispatch.prepare(batch)
-            held = store.mark_attempted([r["dedupe_key"] for r in ready], run.worker)
-            dispatch.write([r for r in ready if r["dedupe_key"] in held])
+            held = store.mark_attempted([r.dedupe_key for r in ready], run.worker)
+            dispatch.write([r for r in ready if r.dedupe_key in held])
     counts["api_calls"] = crm.api_calls - calls_before
     return counts
 
@@ -727,24 +711,24 @@ class _TaskDispatch:
             self._people = People(executive=found)
         return self._people
 
-    def prepare(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def prepare(self, rows: list[OutboxRow]) -> list[OutboxRow]:
         """Resolve each row from its deal's latest snapshot; record the ones that cannot be."""
         deals = _deals_of(self.store, self.crm.source, rows)
         ready, outcomes = [], []
         for row in rows:
-            step = self.settings.plan.step(row["step"])
+            step = self.settings.plan.step(row.step)
             needs_people = step is not None and "executive" in (step.owner, step.fallback_owner)
             people = self.people if needs_people else None
             resolved = _resolve_row(row, deals, self.settings, self.run, people)
             if resolved.ready:
-                self.tasks[row["dedupe_key"]] = resolved.payload
+                self.tasks[row.dedupe_key] = resolved.payload
                 ready.append(row)
                 continue
             self.counts[f"tasks_{resolved.status}"] += 1
             log.warning("%s", resolved.reason)
             outcomes.append(
                 {
-                    "dedupe_key": row["dedupe_key"],
+                    "dedupe_key": row.dedupe_key,
                     "status": resolved.status,
                     "reason": resolved.reason,
                 }
@@ -752,24 +736,24 @@ class _TaskDispatch:
         self.store.finish_many(outcomes, self.run.worker, self.run.run_id)
         return ready
 
-    def write(self, rows: list[dict[str, Any]]) -> None:
+    def write(self, rows: list[OutboxRow]) -> None:
         if rows and (cause := self._attempt(rows)):
             log.warning("%s tasks have an unknown outcome (%s); looking them up", len(rows), cause)
             self.settle(rows, cause)
 
-    def _attempt(self, rows: list[dict[str, Any]]) -> str | None:
+    def _attempt(self, rows: list[OutboxRow]) -> str | None:
         """Write the rows once and record the answers; return why the outcome is unknown."""
         try:
-            missing = [r for r in rows if r["dedupe_key"] not in self.tasks]
+            missing = [r for r in rows if r.dedupe_key not in self.tasks]
             if missing:  # rows an earlier attempt left in flight: resolve them now
                 self.prepare(missing)
-                rows = [r for r in rows if r["dedupe_key"] in self.tasks]
+                rows = [r for r in rows if r.dedupe_key in self.tasks]
                 if not rows:
                     return None
-            tasks = [task_from_payload(self.tasks[r["dedupe_key"]]) for r in rows]
+            tasks = [task_from_payload(self.tasks[r.dedupe_key]) for r in rows]
             results = self.crm.create_tasks(tasks)
         except (CrmUnavailable, CrmFatalError) as exc:  # refused: nothing was written
-            keys = [r["dedupe_key"] for r in rows]
+            keys = [r.dedupe_key for r in rows]
             self.store.release(keys, self.run.worker, str(exc), refused=True)
             raise
         except WriteOutcomeUnknown as exc:
@@ -777,19 +761,19 @@ class _TaskDispatch:
         self._record(rows, results)
         return None
 
-    def settle(self, rows: list[dict[str, Any]], cause: str) -> None:
+    def settle(self, rows: list[OutboxRow], cause: str) -> None:
         """Look the rows up by dedupe key; record the found, write only the missing."""
         for _ in range(SETTLE_ROUNDS):
             if self.delay:
                 time.sleep(self.delay)
-            found = self.crm.find_tasks(sorted({r["deal_id"] for r in rows}))
-            present = [r for r in rows if r["dedupe_key"] in found]
+            found = self.crm.find_tasks(sorted({r.deal_id for r in rows}))
+            present = [r for r in rows if r.dedupe_key in found]
             self.store.finish_many(
                 [
                     {
-                        "dedupe_key": r["dedupe_key"],
+                        "dedupe_key": r.dedupe_key,
                         "status": ActionStatus.DONE,
-                        "external_id": found[r["dedupe_key"]],
+                        "external_id": found[r.dedupe_key],
                         "reason": f"found in the CRM by its key after: {cause}",
                     }
                     for r in present
@@ -798,7 +782,7 @@ class _TaskDispatch:
                 self.run.run_id,
             )
             self.counts["tasks_reconciled"] += len(present)
-            rows = [r for r in rows if r["dedupe_key"] not in found]
+            rows = [r for r in rows if r.dedupe_key not in found]
             if not rows or (cause := self._attempt(rows)) is None:
                 return
         raise WriteOutcomeUnknown(
@@ -806,25 +790,25 @@ class _TaskDispatch:
             f"({cause}); they stay in flight and the next attempt looks them up again"
         )
 
-    def _record(self, rows: list[dict[str, Any]], results: list[WriteResult]) -> None:
+    def _record(self, rows: list[OutboxRow], results: list[WriteResult]) -> None:
         outcomes = []
         for row, result in zip(rows, results, strict=True):
             if result.ok:
                 self.counts["tasks_created"] += 1
                 outcomes.append(
                     {
-                        "dedupe_key": row["dedupe_key"],
+                        "dedupe_key": row.dedupe_key,
                         "status": ActionStatus.DONE,
                         "external_id": result.external_id,
-                        "payload": self.tasks.get(row["dedupe_key"]),
+                        "payload": self.tasks.get(row.dedupe_key),
                     }
                 )
                 continue
             self.counts["tasks_failed"] += 1
-            reason = f"{deal_label(row)}: {row['step']}: the CRM refused it: {result.error}"
+            reason = f"{row.label}: {row.step}: the CRM refused it: {result.error}"
             log.error("%s", reason)
             outcomes.append(
-                {"dedupe_key": row["dedupe_key"], "status": ActionStatus.FAILED, "reason": reason}
+                {"dedupe_key": row.dedupe_key, "status": ActionStatus.FAILED, "reason": reason}
             )
         self.store.finish_many(outcomes, self.run.worker, self.run.run_id)
 
@@ -939,29 +923,29 @@ def summarise(
     return summary
 
 
-def _waiting(row: dict[str, Any], lease: timedelta) -> dict[str, Any]:
+def _waiting(row: OutboxRow, lease: timedelta) -> dict[str, Any]:
     """Why an email or task is still not done, and when it is tried again."""
-    item = {"deal_id": row["deal_id"], "step": row["step"], "status": row["status"]}
-    label = deal_label(row)
-    if row["status"] == ActionStatus.HELD:
-        limit = f"{row['not_after']:%Y-%m-%d %H:%M} UTC" if row["not_after"] else "no limit"
-        item["reason"] = f"{row['reason']} (at the latest by {limit}; after that it is skipped)"
+    item = {"deal_id": row.deal_id, "step": row.step, "status": row.status}
+    label = row.label
+    if row.status == ActionStatus.HELD:
+        limit = f"{row.not_after:%Y-%m-%d %H:%M} UTC" if row.not_after else "no limit"
+        item["reason"] = f"{row.reason} (at the latest by {limit}; after that it is skipped)"
         item["retry_at"] = "the first run after the handoff document is complete"
         return item
-    if row["status"] == ActionStatus.PENDING:
-        why = f" (last try: {row['reason']})" if row["reason"] else ""
-        item["reason"] = f"{label}: {row['step']} is due and goes out on the next run{why}"
+    if row.status == ActionStatus.PENDING:
+        why = f" (last try: {row.reason})" if row.reason else ""
+        item["reason"] = f"{label}: {row.step} is due and goes out on the next run{why}"
         item["retry_at"] = "next run"
         return item
-    retry_at = row["claimed_at"] + lease
+    retry_at = row.claimed_at + lease
     then = (
         "settled (looked up in the CRM, or held for a person if it is an email)"
-        if row["attempted_at"]
+        if row.attempted_at
         else "done (it was never attempted)"
     )
     item["reason"] = (
-        f"{label}: {row['step']} is claimed by {row['claimed_by']} since "
-        f"{row['claimed_at']:%Y-%m-%d %H:%M:%S} UTC; if that attempt is no longer running, "
+        f"{label}: {row.step} is claimed by {row.claimed_by} since "
+        f"{row.claimed_at:%Y-%m-%d %H:%M:%S} UTC; if that attempt is no longer running, "
         f"the first run from {retry_at:%Y-%m-%d %H:%M:%S} UTC takes it over and it is {then}"
     )
     item["retry_at"] = retry_at.isoformat()

@@ -124,7 +124,7 @@ def test_after_a_crash_only_the_email_handed_to_the_server_is_held(state, settin
     # The previous try of this task instance claimed three rows, handed the first one's content
     # to the server, and died before recording anything.
     claimed = state.claim("salesforce", ActionKind.EMAIL, WORKER, limit=10, due_by=DUE)
-    state.mark_attempted([claimed[0]["dedupe_key"]], WORKER)
+    state.mark_attempted([claimed[0].dedupe_key], WORKER)
 
     counts = send(state, settings, transport_to(smtp_sink))
 
@@ -135,7 +135,7 @@ def test_after_a_crash_only_the_email_handed_to_the_server_is_held(state, settin
         "emails_unconfirmed": 1,
     }
     assert len(smtp_sink.messages) == 2, "the two never attempted went out"
-    held = state.actions(dedupe_key=claimed[0]["dedupe_key"])[0]
+    held = state.actions(dedupe_key=claimed[0].dedupe_key)[0]
     assert held["status"] == ActionStatus.UNCONFIRMED
     assert "Message-ID <handoff." in held["reason"] and held["deal_id"] in held["reason"]
 
@@ -222,7 +222,7 @@ def test_a_stale_claim_from_another_worker_waits_for_its_lease(state, settings, 
     plan_welcomes(state, settings, 2)
     other = "dag/old-run/send_emails"
     claimed = state.claim("salesforce", ActionKind.EMAIL, other, limit=10, due_by=DUE)
-    state.mark_attempted([claimed[0]["dedupe_key"]], other)
+    state.mark_attempted([claimed[0].dedupe_key], other)
     assert send(state, settings, transport_to(smtp_sink)) == {
         "emails_sent": 0,
         "emails_skipped": 0,

@@ -129,7 +129,7 @@ def test_claims_by_concurrent_workers_never_overlap(store_url):
         barrier.wait()
         keys = results.setdefault(name, [])
         while batch := own.claim("salesforce", ActionKind.EMAIL, name, limit=7, due_by=DUE):
-            keys += [row["dedupe_key"] for row in batch]
+            keys += [row.dedupe_key for row in batch]
         own.dispose()
 
     threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
@@ -148,15 +148,15 @@ def test_claims_are_scoped_by_source_and_kind_and_taken_oldest_first(store):
     store.record_plan("hubspot", "r", [other], issues=[])
     store.record_plan("salesforce", "r", [action("006B")], issues=[])
     claimed = store.claim("salesforce", ActionKind.EMAIL, "w", limit=10, due_by=DUE)
-    assert [r["dedupe_key"] for r in claimed] == [
+    assert [r.dedupe_key for r in claimed] == [
         "salesforce:006A:welcome_email",
         "salesforce:006B:welcome_email",
     ]
     assert store.has_rows("hubspot", ActionKind.EMAIL, ActionStatus.PENDING)
     assert not store.has_rows("hubspot", TASK, ActionStatus.PENDING)
-    assert [
-        r["dedupe_key"] for r in store.claim("salesforce", TASK, "w", limit=10, due_by=DUE)
-    ] == ["salesforce:006A:t"]
+    assert [r.dedupe_key for r in store.claim("salesforce", TASK, "w", limit=10, due_by=DUE)] == [
+        "salesforce:006A:t"
+    ]
 
 
 def test_a_dead_attempt_gives_back_what_it_never_attempted_and_hands_over_the_rest(store):
@@ -176,10 +176,10 @@ def test_a_dead_attempt_gives_back_what_it_never_attempted_and_hands_over_the_re
     assert store.claim("salesforce", ActionKind.EMAIL, "dag/run-2/send", limit=10, due_by=DUE) == []
     # ...but the retry of the same task instance knows the previous try is dead.
     orphans = store.take_over_stale("salesforce", ActionKind.EMAIL, worker, lease)
-    assert [row["dedupe_key"] for row in orphans] == ["salesforce:006B:welcome_email"]
+    assert [row.dedupe_key for row in orphans] == ["salesforce:006B:welcome_email"]
     again = store.claim("salesforce", ActionKind.EMAIL, worker, limit=10, due_by=DUE)
-    assert [row["dedupe_key"] for row in again] == ["salesforce:006C:welcome_email"]
-    assert again[0]["attempts"] == 2
+    assert [row.dedupe_key for row in again] == ["salesforce:006C:welcome_email"]
+    assert again[0].attempts == 2
 
 
 def test_the_next_try_takes_over_at_once_and_a_zombie_try_can_no_longer_act(store):
@@ -194,12 +194,12 @@ def test_the_next_try_takes_over_at_once_and_a_zombie_try_can_no_longer_act(stor
     assert store.take_over_stale("salesforce", ActionKind.EMAIL, "dag/run_1/sen#2", lease) == []
 
     orphans = store.take_over_stale("salesforce", ActionKind.EMAIL, second, lease)
-    assert [(r["dedupe_key"], r["claimed_by"]) for r in orphans] == [(a, second)]
+    assert [(r.dedupe_key, r.claimed_by) for r in orphans] == [(a, second)]
     # The first try, still running somewhere, can neither send B nor record A any more.
     assert store.mark_attempted([b], first) == set()
     assert not store.finish(a, first, ActionStatus.DONE, "run-1")
     assert [
-        r["dedupe_key"]
+        r.dedupe_key
         for r in store.claim("salesforce", ActionKind.EMAIL, second, limit=9, due_by=DUE)
     ] == [b]
 
@@ -211,11 +211,11 @@ def test_an_expired_lease_lets_another_worker_take_over(store):
     store.mark_attempted(["salesforce:006A:welcome_email"], "dead-worker")
     expired = timedelta(seconds=-1)
     orphans = store.take_over_stale("salesforce", ActionKind.EMAIL, "new-worker", expired)
-    assert [(r["dedupe_key"], r["claimed_by"]) for r in orphans] == [
+    assert [(r.dedupe_key, r.claimed_by) for r in orphans] == [
         ("salesforce:006A:welcome_email", "new-worker")
     ]
     [fresh] = store.claim("salesforce", ActionKind.EMAIL, "new-worker", limit=10, due_by=DUE)
-    assert fresh["dedupe_key"] == "salesforce:006B:welcome_email"
+    assert fresh.dedupe_key == "salesforce:006B:welcome_email"
     # The stalled worker wakes up: it can neither attempt nor record what it no longer holds.
     assert store.mark_attempted(["salesforce:006B:welcome_email"], "dead-worker") == set()
     assert not store.finish(
@@ -314,11 +314,11 @@ def test_claims_take_only_due_rows_in_due_order_and_never_another_sources(store)
     claimed = store.claim(
         "salesforce", ActionKind.EMAIL, "w", limit=10, due_by=at + timedelta(hours=2)
     )
-    assert [r["deal_id"] for r in claimed] == ["006NOW", "006SOON"], "due order, due only"
+    assert [r.deal_id for r in claimed] == ["006NOW", "006SOON"], "due order, due only"
     assert store.claim("salesforce", ActionKind.EMAIL, "w", limit=10, due_by=at) == []
     # A HubSpot worker gets the HubSpot row, never Salesforce's.
     [other] = store.claim("hubspot", ActionKind.EMAIL, "h", limit=10, due_by=at + timedelta(days=9))
-    assert other["deal_id"] == "9001"
+    assert other.deal_id == "9001"
 
 
 def test_a_run_summary_lists_only_its_own_sources_rows(store, settings):
@@ -330,6 +330,6 @@ def test_a_run_summary_lists_only_its_own_sources_rows(store, settings):
         row = PlannedAction(source, deal_id, "first_cs_contact", TASK, payload={})
         store.record_plan(source, run.run_id, [row])
         [claimed] = store.claim(source, TASK, "w", limit=1, due_by=DUE)
-        store.finish(claimed["dedupe_key"], "w", ActionStatus.DONE, run.run_id, external_id="x")
+        store.finish(claimed.dedupe_key, "w", ActionStatus.DONE, run.run_id, external_id="x")
     summary = summarise(store, settings, "salesforce", run, api_calls=0)
     assert [t["deal_id"] for t in summary["tasks"]] == ["006A"]

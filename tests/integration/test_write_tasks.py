@@ -75,10 +75,10 @@ def test_a_dead_attempt_that_wrote_half_a_batch_gets_only_the_other_half(
 ):
     dead = "dag/run-0/write_tasks"
     rows = state.claim("salesforce", ActionKind.TASK, dead, limit=200, due_by=DUE)
-    state.mark_attempted([r["dedupe_key"] for r in rows], dead)
-    records = state.deal_records("salesforce", [r["deal_id"] for r in rows])
+    state.mark_attempted([r.dedupe_key for r in rows], dead)
+    records = state.deal_records("salesforce", [r.deal_id for r in rows])
     deals = {deal_id: Deal.from_record(record) for deal_id, record in records.items()}
-    written = [day_zero(deals[r["deal_id"]], settings)[0][r["step"]] for r in rows[:3]]
+    written = [day_zero(deals[r.deal_id], settings)[0][r.step] for r in rows[:3]]
     crm.create_tasks([task_from_payload(w.payload) for w in written])  # then it died
 
     expired = settings.model_copy(

@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 
 from handoff.errors import ConfigError
-from handoff.models import ActionKind, ActionStatus, DealIssue, PlannedAction
+from handoff.models import ActionKind, ActionStatus, DealIssue, OutboxRow, PlannedAction
 from handoff.state.schema import (
     deal_issues,
     deals,
@@ -587,49 +587,36 @@ class StateStore:
             outbox.c.not_after < at,
         )
 
-    def late_rows(self, source: str, at: datetime) -> list[dict[str, Any]]:
+    def late_rows(self, source: str, at: datetime) -> list[OutboxRow]:
         """Waiting steps past their lateness limit at ``at`` (what :meth:`skip_late` skips)."""
         with self.engine.connect() as conn:
             query = select(outbox).where(self._late(source, at)).order_by(outbox.c.due_at)
-            return [dict(r) for r in conn.execute(query).mappings()]
+            return [OutboxRow.from_mapping(r) for r in conn.execute(query).mappings()]
 
-    def skip_late(self, source: str, at: datetime, run_id: str) -> list[dict[str, Any]]:
+    def skip_late(self, source: str, at: datetime, run_id: str) -> list[OutboxRow]:
         """Waiting steps whose lateness limit passed are skipped, never sent late."""
         now = utcnow()
         late = self._late(source, at)
         with self.engine.begin() as conn:
-            rows = [dict(r) for r in conn.execute(select(outbox).where(late)).mappings()]
+            query = select(outbox).where(late)
+            rows = [OutboxRow.from_mapping(r) for r in conn.execute(query).mappings()]
             for row in rows:
                 held = " (held: the handoff document was incomplete)" * (
-                    row["status"] == ActionStatus.HELD
+                    row.status == ActionStatus.HELD
                 )
-                label = row["payload"].get("deal_label") or f"deal {row['deal_id']}"
                 conn.execute(
                     update(outbox)
-                    .where(outbox.c.id == row["id"], late)
+                    .where(outbox.c.id == row.id, late)
                     .values(
                         status=ActionStatus.SKIPPED,
                         finished_run=run_id,
                         updated_at=now,
-                        reason=f"{label}: {row['step']} was due {row['due_at']:%Y-%m-%d %H:%M} "
+                        reason=f"{row.label}: {row.step} was due {row.due_at:%Y-%m-%d %H:%M} "
                         f"UTC and was still waiting{held} at its lateness limit "
-                        f"{row['not_after']:%Y-%m-%d %H:%M} UTC; it is not sent late",
+                        f"{row.not_after:%Y-%m-%d %H:%M} UTC; it is not sent late",
                     )
                 )
         return rows
-
-    def complete_onboarding(self, source: str, won_before: datetime) -> int:
-        """Onboardings whose every step is past: completed (the planner stops looking)."""
-        with self.engine.begin() as conn:
-            return conn.execute(
-                update(onboarding)
-                .where(
-                    onboarding.c.source == source,
-                    onboarding.c.status == "active",
-                    onboarding.c.won_at < won_before,
-                )
-                .values(status="completed", next_step_at=None)
-            ).rowcount
 
     def record_issue(self, issue: DealIssue, run_id: str) -> None:
         """Record a data issue once per deal and code (re-runs do not repeat it)."""
@@ -694,7 +681,7 @@ class StateStore:
 
     def take_over_stale(
         self, source: str, kind: ActionKind, worker: str, lease: timedelta
-    ) -> list[dict[str, Any]]:
+    ) -> list[OutboxRow]:
         """Free the claims of attempts that are gone; return the rows whose outcome is unknown.
 
         An attempt is gone when its lease expired, or when it was an earlier try of the same
@@ -731,11 +718,11 @@ class StateStore:
                 .mappings()
                 .all()
             )
-        return sorted(map(dict, orphans), key=lambda row: row["id"])
+        return sorted(map(OutboxRow.from_mapping, orphans), key=lambda row: row.id)
 
     def claim(
         self, source: str, kind: ActionKind, worker: str, *, limit: int, due_by: datetime
-    ) -> list[dict[str, Any]]:
+    ) -> list[OutboxRow]:
         """Claim up to ``limit`` pending rows of one source and kind due by ``due_by``, in due
         order (several workers share the work: on PostgreSQL each skips the others' rows)."""
         now = utcnow()
@@ -771,7 +758,7 @@ class StateStore:
                 .mappings()
                 .all()
             )
-        return sorted(map(dict, claimed), key=lambda row: (row["due_at"], row["id"]))
+        return sorted(map(OutboxRow.from_mapping, claimed), key=lambda row: (row.due_at, row.id))
 
     def mark_attempted(self, dedupe_keys: Sequence[str], worker: str) -> set[str]:
         """Record, before handing effects over, that they are about to be attempted.
@@ -888,7 +875,7 @@ class StateStore:
             )
         return recorded
 
-    def unfinished(self, source: str) -> list[dict[str, Any]]:
+    def unfinished(self, source: str) -> list[OutboxRow]:
         """Rows of a source still waiting (pending, held or in flight): what a run leaves."""
         waiting = [ActionStatus.PENDING, ActionStatus.HELD, ActionStatus.IN_FLIGHT]
         with self.engine.connect() as conn:
@@ -900,7 +887,7 @@ class StateStore:
                 )
                 .order_by(outbox.c.due_at, outbox.c.id)
             ).mappings()
-            return [dict(row) for row in rows]
+            return [OutboxRow.from_mapping(row) for row in rows]
 
     def is_fresh(self) -> bool:
         """No action was ever planned here and no one declared this store a new start."""
