@@ -14,6 +14,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -170,7 +171,7 @@ def _active_people(deal: Deal, fields: _FieldNames, issues: list[DealIssue]) -> 
             person = None
         if person is not None and person.email:
             try:
-                address = validate_email(person.email, check_deliverability=False).normalized
+                address = _normalized_address(person.email)
             except EmailNotValidError as exc:
                 issues.append(
                     _issue(
@@ -185,6 +186,12 @@ def _active_people(deal: Deal, fields: _FieldNames, issues: list[DealIssue]) -> 
             person = replace(person, email=address)
         people[role] = person
     return replace(deal, owner=people["owner"], csm=people["csm"])
+
+
+@lru_cache(maxsize=4096)
+def _normalized_address(email: str) -> str:
+    """A CRM user's address, checked once a process (the same reps and CSMs own many deals)."""
+    return validate_email(email, check_deliverability=False).normalized
 
 
 def _skip(deal: Deal, field: str, what: str) -> Resolution:

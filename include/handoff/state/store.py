@@ -534,8 +534,7 @@ class StateStore:
                 conn.execute(stmt, rows)
                 after = conn.execute(select(func.count()).select_from(outbox)).scalar_one()
                 inserted = after - before
-            for issue in issues:
-                self._insert_issue(conn, issue, run_id)
+            self._insert_issues(conn, issues, run_id)
             if next_steps:
                 conn.execute(
                     update(onboarding)
@@ -551,17 +550,17 @@ class StateStore:
                     ),
                     [{f"b_{k}": v for k, v in item.items()} for item in next_steps],
                 )
-            client = outbox.c.payload["client"].as_boolean()
-            for deal_id, reason in hold:
+            if hold:
                 conn.execute(
                     update(outbox)
                     .where(
                         outbox.c.source == source,
-                        outbox.c.deal_id == deal_id,
+                        outbox.c.deal_id == bindparam("b_deal_id"),
                         outbox.c.status == ActionStatus.PENDING,
-                        client,
+                        outbox.c.payload["client"].as_boolean(),
                     )
-                    .values(status=ActionStatus.HELD, reason=reason, updated_at=now)
+                    .values(status=ActionStatus.HELD, reason=bindparam("b_reason"), updated_at=now),
+                    [{"b_deal_id": deal_id, "b_reason": reason} for deal_id, reason in hold],
                 )
             for chunk in chunked(list(release), 500):
                 conn.execute(
@@ -624,19 +623,24 @@ class StateStore:
             self._insert_issue(conn, issue, run_id)
 
     def _insert_issue(self, conn: Connection, issue: DealIssue, run_id: str) -> None:
-        conn.execute(
-            self._insert(deal_issues)
-            .values(
-                source=issue.source,
-                deal_id=issue.deal_id,
-                code=issue.code,
-                field=issue.field,
-                reason=issue.reason,
-                run_id=run_id,
-                created_at=utcnow(),
-            )
-            .on_conflict_do_nothing()
-        )
+        self._insert_issues(conn, [issue], run_id)
+
+    def _insert_issues(self, conn: Connection, issues: Sequence[DealIssue], run_id: str) -> None:
+        now = utcnow()
+        rows = [
+            {
+                "source": issue.source,
+                "deal_id": issue.deal_id,
+                "code": issue.code,
+                "field": issue.field,
+                "reason": issue.reason,
+                "run_id": run_id,
+                "created_at": now,
+            }
+            for issue in issues
+        ]
+        if rows:
+            conn.execute(self._insert(deal_issues).on_conflict_do_nothing(), rows)
 
     # -- outbox --------------------------------------------------------------------------------
 
