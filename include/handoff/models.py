@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -193,7 +193,7 @@ class OutboxRow:
             kind=action.kind,
             status=action.status,
             payload=action.payload,
-            due_at=action.due_at or datetime.min,
+            due_at=action.due_at or datetime.now(UTC),  # as the store would record it
             not_after=action.not_after,
             reason=action.reason,
         )

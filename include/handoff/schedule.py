@@ -18,6 +18,7 @@ What a due step becomes:
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -67,13 +68,13 @@ class Plan:
     deals: int = 0
 
     def counts(self) -> dict[str, int]:
-        by_status = pd.Series([a.status for a in self.actions], dtype=object).value_counts()
+        by_status = Counter(action.status for action in self.actions)
         return {
             "deals_planned": self.deals,
             "steps_due": len(self.actions),
-            "steps_pending": int(by_status.get(ActionStatus.PENDING, 0)),
-            "steps_held": int(by_status.get(ActionStatus.HELD, 0)),
-            "steps_skipped": int(by_status.get(ActionStatus.SKIPPED, 0)),
+            "steps_pending": by_status[ActionStatus.PENDING],
+            "steps_held": by_status[ActionStatus.HELD],
+            "steps_skipped": by_status[ActionStatus.SKIPPED],
             "deals_released": len(self.release),
             "deals_completed": sum(1 for n in self.next_steps if n["status"] == "completed"),
             "deals_unplannable": len(self.unplannable),

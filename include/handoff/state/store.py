@@ -530,10 +530,8 @@ class StateStore:
                 stmt = self._insert(outbox).on_conflict_do_nothing(
                     index_elements=[outbox.c.dedupe_key]
                 )
-                before = conn.execute(select(func.count()).select_from(outbox)).scalar_one()
-                conn.execute(stmt, rows)
-                after = conn.execute(select(func.count()).select_from(outbox)).scalar_one()
-                inserted = after - before
+                # RETURNING yields only the rows inserted: a key already there adds nothing.
+                inserted = len(conn.execute(stmt.returning(outbox.c.id), rows).all())
             self._insert_issues(conn, issues, run_id)
             if next_steps:
                 conn.execute(
