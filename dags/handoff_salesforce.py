@@ -24,7 +24,12 @@ fails the run at once with its cause.
 **Dry run**: trigger with the param `dry_run` = true to see every email (recipient, subject),
 task (owner, due date), skip and hold this run would make, changing nothing.
 
-Connections: `salesforce_default` (Salesforce), `smtp_default` (SMTP). Settings:
+Client email arrives in the client's business hours (their time zone and public holidays);
+outside them an email waits for the next run inside them. Promotional steps carry a one-click
+unsubscribe served by this project's Airflow plugin on the API server.
+
+Connections: `salesforce_default` (Salesforce), `smtp_default` (SMTP), and optionally
+`handoff_unsubscribe` (its password keys the unsubscribe links). Settings:
 `include/config/handoff.toml`. The state store is migrated once per deployment with
 `handoff db upgrade`. What each run did, failed runs included: the `summarise` task's log and
 `var/runs/<run id>/summary.json` (with the `.eml` and HTML preview of every email sent).
@@ -131,13 +136,15 @@ def handoff_salesforce():
     @task
     def send_emails(resolved: dict, **context) -> dict:
         from handoff.pipeline import send_emails as send
-        from handoff_airflow.hooks import HandoffSmtpHook
+        from handoff_airflow.hooks import HandoffSmtpHook, unsubscribe_secret
         from handoff_airflow.runtime import is_dry_run, step
 
         if is_dry_run(context):
             return {"dry_run": True}
         with step(context, SOURCE) as (settings, store, run):
-            return send(store, settings, HandoffSmtpHook().transport, run, source=SOURCE)
+            transport = HandoffSmtpHook().transport
+            secret = unsubscribe_secret()
+            return send(store, settings, transport, run, source=SOURCE, unsubscribe_secret=secret)
 
     @task
     def write_tasks(resolved: dict, **context) -> dict:

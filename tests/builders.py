@@ -181,13 +181,14 @@ def day_zero(deal: Deal, settings, people=None):
     with the store."""
     from datetime import timedelta
 
-    from handoff.planning import People, deal_issues, resolve
+    from handoff.planning import People, deal_issues, is_existing_customer, resolve
 
     at = deal.won_at
+    segment = "existing_customer" if is_existing_customer(deal, settings) else "new_business"
     steps = {
         step.id: resolve(deal, step, settings, people or People(), at, at)
         for step in settings.plan.steps
-        if step.offset == timedelta(0)
+        if step.offset == timedelta(0) and segment in step.segments
     }
     return steps, deal_issues(deal, settings)
 
@@ -201,19 +202,23 @@ def save_snapshot(store, deal: Deal, modstamp: datetime | None = None) -> None:
 
 def plan_steps(store, deal: Deal, *steps: str, run_id: str = "run-1") -> list[str]:
     """Save the deal's snapshot and put these steps in the outbox, due at the win."""
+    from handoff.config import load_settings
     from handoff.models import ActionKind, PlannedAction
 
+    kinds = {s.id: s.kind for s in load_settings().plan.steps}  # the playbook in use
     save_snapshot(store, deal)
-    actions = [
-        PlannedAction(
-            deal.source,
-            deal.deal_id,
-            step,
-            ActionKind.EMAIL if step.endswith("email") else ActionKind.TASK,
-            payload={"deal_label": deal.label(), "client": step.endswith("email")},
-            due_at=deal.won_at,
+    actions = []
+    for step in steps:
+        email = kinds.get(step, "email" if step.endswith("email") else "task") == "email"
+        actions.append(
+            PlannedAction(
+                deal.source,
+                deal.deal_id,
+                step,
+                ActionKind.EMAIL if email else ActionKind.TASK,
+                payload={"deal_label": deal.label(), "client": email},
+                due_at=deal.won_at,
+            )
         )
-        for step in steps
-    ]
     store.record_plan(deal.source, run_id, actions)
     return [a.dedupe_key for a in actions]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
@@ -204,9 +205,12 @@ def connection_env(salesforce_url: str, token: str, smtp_host: str, smtp_port: i
         "port": smtp_port,
         "extra": {"disable_ssl": True, "disable_tls": True, "timeout": 10, "retry_limit": 2},
     }
+    # The key of unsubscribe tokens: a fresh random one per sandbox session.
+    unsubscribe = {"conn_type": "generic", "password": secrets.token_urlsafe(32)}
     return {
         "AIRFLOW_CONN_SALESFORCE_DEFAULT": json.dumps(salesforce),
         "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(smtp),
+        "AIRFLOW_CONN_HANDOFF_UNSUBSCRIBE": json.dumps(unsubscribe),
     }
 
 
@@ -241,8 +245,29 @@ def run_demo(args: argparse.Namespace) -> int:
         return code
     print(format_summary(summary))
     print(f"The SMTP sink received {received} messages; copies in {demo_dir / 'mailbox'}")
+    index = _preview_a_demo_client(demo_dir)
+    if index is not None:
+        print(f"Every step of one demo client's 90 days, each email as they will read it: {index}")
     print(summary_line(summary))
     return code
+
+
+def _preview_a_demo_client(demo_dir: Path) -> Path | None:
+    """The preview of the first demo client whose welcome went out (None when none did)."""
+    from handoff.config import load_settings
+    from handoff.preview import load_deal, preview_deal
+    from handoff.state import StateStore
+
+    settings = load_settings()
+    store = StateStore(settings.state.url)
+    try:
+        sent = store.actions(source="salesforce", step="welcome_email", status="done")
+        deal = load_deal(store, "salesforce", sent[0]["deal_id"]) if sent else None
+        if deal is None:
+            return None
+        return preview_deal(settings, store, deal, demo_dir / "preview" / deal.deal_id)
+    finally:
+        store.dispose()
 
 
 def run_once(args: argparse.Namespace) -> int:
@@ -310,6 +335,38 @@ def init_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def preview(args: argparse.Namespace) -> int:
+    """``handoff preview``: every step of one deal's 90 days, each email as the client sees it."""
+    from handoff.preview import load_deal, preview_deal, sample_deal
+    from handoff.state import StateStore
+
+    if (settings := _settings_or_none()) is None:
+        return 2
+    root = project_root()
+    if args.deal is None:
+        deal = sample_deal(settings, datetime.now(UTC))
+        out = args.out or root / "var" / "previews" / "sample"
+        index = preview_deal(settings, None, deal, out)
+    else:
+        store = StateStore(settings.state.url)
+        try:
+            store.migrate()
+            deal = load_deal(store, args.source, args.deal)
+            if deal is None or deal.won_at is None:
+                print(
+                    f"No won deal {args.deal} of {args.source} in the state store "
+                    f"{store.location}; a deal appears there once a run has read it",
+                    file=sys.stderr,
+                )
+                return 1
+            out = args.out or root / "var" / "previews" / f"{args.source}-{args.deal}"
+            index = preview_deal(settings, store, deal, out)
+        finally:
+            store.dispose()
+    print(f"Preview of every step: {index}")
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 
@@ -351,6 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="show every email, task, skip and hold the run would make; change nothing",
     )
     run.add_argument("--verbose", action="store_true", help="show Airflow's output")
+
+    show = commands.add_parser(
+        "preview", help="every step of one deal's 90 days with each email, as HTML files"
+    )
+    show.add_argument("--deal", help="the CRM deal id (default: a built-in sample client)")
+    show.add_argument("--source", choices=SOURCES, default="salesforce")
+    show.add_argument("--out", type=Path, help="the folder to write (default var/previews/...)")
 
     db = commands.add_parser("db", help="state store schema")
     db.add_argument("action", choices=["upgrade"], help="upgrade: migrate to this version")
@@ -405,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers: dict[str, Any] = {
         "run": lambda: run_once(args),
         "init": lambda: init_store(args),
+        "preview": lambda: preview(args),
         "db": lambda: upgrade_store(args),
         "demo": lambda: run_demo(args),
         "sandbox": lambda: _serve_sandbox(args),

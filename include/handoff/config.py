@@ -14,9 +14,12 @@ before anything is planned or sent (``HANDOFF_PLAYBOOK`` overrides its path).
 from __future__ import annotations
 
 import os
+from datetime import time
 from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, model_validator
 
 from handoff.errors import ConfigError
 from handoff.files import read_toml
@@ -63,8 +66,59 @@ class SenderSettings(_Section):
 
 
 class UnsubscribeSettings(_Section):
+    """Promotional steps only: where a one-click unsubscribe (RFC 8058) lands, and a mailto."""
+
     mailto: EmailStr
-    url: str | None = None
+    # The public address of the unsubscribe endpoint the Airflow plugin serves on the API
+    # server (``/handoff/unsubscribe``); each email adds its own keyed token.
+    url: str | None = Field(None, pattern=r"^https?://")
+
+
+class TeamContact(_Section):
+    """Who a client email introduces when no active CSM can be named."""
+
+    name: str = Field(min_length=1)
+    email: EmailStr
+
+
+class EmailSettings(_Section):
+    """Who client email is from, where bounces go, and when it may arrive."""
+
+    # "person": From is the step's sender (the executive, the CSM) at their own address.
+    # "via_company": the relay may only send as our domain: From is "Maria Lopez via <company>"
+    # at from_address, and replies still reach Maria through Reply-To.
+    sender_mode: Literal["person", "via_company"] = "person"
+    from_address: EmailStr | None = None
+    # The envelope sender (MAIL FROM, Return-Path): bounces go here, not to a person's inbox.
+    envelope_sender: EmailStr | None = None
+    team: TeamContact
+    # A CSM's booking page, by the CSM's email (lower case), shown in every email they sign.
+    booking_links: dict[str, str] = {}
+    # Client mail arrives inside these local hours on the client's business days (weekends and
+    # public holidays of the client's country excluded); false: whenever a step falls due.
+    business_hours_only: bool = True
+    window_start: time = time(9)
+    window_end: time = time(17)
+    # The client's zone when neither the contact nor the account gives one or a country.
+    default_time_zone: str = "UTC"
+    default_country: str | None = None
+    # A country with several zones maps to the first in the tz database unless named here.
+    country_time_zones: dict[str, str] = {}
+    # Greeting patterns by language ({given}, {family}, {full}) over the built-in ones.
+    greetings: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _checked(self) -> EmailSettings:
+        if self.sender_mode == "via_company" and self.from_address is None:
+            raise ValueError("sender_mode 'via_company' needs from_address")
+        if self.window_end <= self.window_start:
+            raise ValueError("window_end must be after window_start")
+        for zone in (self.default_time_zone, *self.country_time_zones.values()):
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"{zone!r} is not a time zone of the tz database") from exc
+        return self
 
 
 class PlaybookSettings(_Section):
@@ -90,8 +144,28 @@ class HandoffFields(_Section):
     risks: str
 
 
+class ClientFields(_Section):
+    """Where the CRM keeps who the client is and where: empty means the org has no such field."""
+
+    contact_time_zone: str = ""
+    contact_country: str = ""
+    contact_locale: str = ""
+    salutation: str = ""  # how the contact wants to be greeted; wins over the name
+    account_time_zone: str = ""
+    account_country: str = ""
+
+
 class SalesforceSettings(_Section):
     csm_field: str = "Customer_Success_Manager__c"
+    # Deals for clients we already have (upgrade, renewal): the field and its values.
+    deal_type_field: str = "Type"
+    existing_customer_types: list[str] = [
+        "Existing Customer - Upgrade",
+        "Existing Customer - Replacement",
+        "Existing Customer - Downgrade",
+        "Renewal",
+    ]
+    client_fields: ClientFields = ClientFields()
     # A custom text field on Task that holds each task's dedupe key, where free text cannot
     # forge it. Empty: the org has none, and the key is read from the last Description line.
     task_key_field: str = Field("Handoff_Key__c", pattern=r"^(|[A-Za-z][A-Za-z0-9_]*__c)$")
@@ -121,6 +195,7 @@ class Settings(_Section):
     detection: DetectionSettings = DetectionSettings()
     sender: SenderSettings
     unsubscribe: UnsubscribeSettings
+    email: EmailSettings
     playbook: PlaybookSettings = PlaybookSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     salesforce: SalesforceSettings

@@ -16,7 +16,9 @@ Every failure of a send is classified by what it proves:
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import smtplib
 import ssl
 from collections.abc import Callable, Iterator, Sequence
@@ -59,13 +61,14 @@ class LostClaim(RuntimeError):
 class MailTransport(Protocol):
     def send(
         self,
-        message: EmailMessage,
+        content: bytes,
         *,
         sender: str,
         recipients: Sequence[str],
+        smtputf8: bool,
         before_data: Callable[[], bool],
     ) -> dict[str, tuple[int, bytes]]:
-        """Send one message; return the recipients the server refused (others got it).
+        """Send one message's exact bytes; return the recipients the server refused.
 
         ``before_data`` runs once the server has accepted the envelope, right before the
         content is handed over; when it returns False the message is not sent
@@ -86,15 +89,16 @@ class SmtplibTransport:
 
     def send(
         self,
-        message: EmailMessage,
+        content: bytes,
         *,
         sender: str,
         recipients: Sequence[str],
+        smtputf8: bool,
         before_data: Callable[[], bool],
     ) -> dict[str, tuple[int, bytes]]:
         client = self.client
         try:
-            content, options = self._envelope(message, sender, recipients)
+            options = self._options(smtputf8)
             code, answer = client.mail(sender, options)
             if code != 250:
                 self._reset()
@@ -126,21 +130,14 @@ class SmtplibTransport:
             raise classify(smtplib.SMTPDataError(code, answer))
         return refused
 
-    def _envelope(
-        self, message: EmailMessage, sender: str, recipients: Sequence[str]
-    ) -> tuple[bytes, list[str]]:
-        """The wire form and MAIL options: SMTPUTF8 only when an address needs it."""
+    def _options(self, smtputf8: bool) -> list[str]:
+        """MAIL options: SMTPUTF8 only when an address needs it (and the server offers it)."""
         self.client.ehlo_or_helo_if_needed()
-        international = not all(a.isascii() for a in (sender, *recipients))
-        if international and not self.client.has_extn("smtputf8"):
+        if smtputf8 and not self.client.has_extn("smtputf8"):
             raise PermanentMailError(
                 "an address is not ASCII and the SMTP server does not offer SMTPUTF8"
             )
-        buffer = BytesIO()
-        generator_policy = message.policy.clone(linesep="\r\n", utf8=international)
-        BytesGenerator(buffer, policy=generator_policy).flatten(message)
-        options = ["SMTPUTF8", "BODY=8BITMIME"] if international else []
-        return buffer.getvalue(), options
+        return ["SMTPUTF8", "BODY=8BITMIME"] if smtputf8 else []
 
     def _reset(self) -> None:
         with suppress(smtplib.SMTPException, OSError):
@@ -211,41 +208,62 @@ def classify(exc: Exception) -> Exception:
 
 
 @dataclass(frozen=True)
-class Unsubscribe:
-    mailto: str
-    url: str | None = None
+class OutgoingMail:
+    """One message as it goes out: the exact bytes handed to SMTP are the bytes archived."""
 
-    def header(self, key: str) -> str:
-        """RFC 2369/8058 links carrying an opaque token that identifies this message."""
-        token = key_token(key)
-        links = [f"<mailto:{self.mailto}?subject={quote(f'unsubscribe {token}')}>"]
-        if self.url:
-            separator = "&" if "?" in self.url else "?"
-            links.append(f"<{self.url}{separator}t={token}>")
-        return ", ".join(links)
+    message: EmailMessage
+    content: bytes
+    envelope_from: str
+    recipients: tuple[str, ...]
+    smtputf8: bool
 
-
-def key_token(dedupe_key: str) -> str:
-    """An opaque token for a dedupe key: the client never sees CRM ids."""
-    return hashlib.sha256(dedupe_key.encode()).hexdigest()[:24]
+    @property
+    def message_id(self) -> str:
+        return str(self.message["Message-ID"])
 
 
-def message_id(dedupe_key: str, sender_email: str) -> str:
-    """A stable Message-ID: the same action always yields the same id, which makes a duplicate
-    detectable downstream and lets a person find a message in the SMTP log."""
+def keyed_digest(secret: str, text: str, length: int = 32) -> str:
+    """An HMAC-SHA256 of ``text``: stable for one secret, unguessable without it."""
+    digest = hmac.new(secret.encode(), text.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")[:length]
+
+
+def message_id(dedupe_key: str, sender_email: str, installation: str) -> str:
+    """A stable Message-ID: the same action always yields the same id (a duplicate is visible
+    downstream, a person can find it in the SMTP log), and two installations never share one."""
     domain = sender_email.rsplit("@", 1)[-1]
-    return f"<handoff.{key_token(dedupe_key)}@{domain}>"
+    token = keyed_digest(installation, dedupe_key, 24).replace("-", "x").replace("_", "y")
+    return f"<handoff.{token}@{domain}>"
+
+
+def unsubscribe_token(secret: str, dedupe_key: str) -> str:
+    """The token a promotional email's unsubscribe link carries (no CRM id in it)."""
+    return keyed_digest(secret, f"unsubscribe:{dedupe_key}")
+
+
+def unsubscribe_headers(url: str | None, mailto: str | None, token: str) -> dict[str, str]:
+    """RFC 2369 and RFC 8058 headers: a one-click HTTPS link with the token, and a mailto."""
+    links = []
+    if url:
+        links.append(f"<{url}{'&' if '?' in url else '?'}t={token}>")
+    if mailto:
+        links.append(f"<mailto:{mailto}?subject={quote(f'unsubscribe {token}')}>")
+    headers = {"List-Unsubscribe": ", ".join(links)} if links else {}
+    if url and url.startswith("https://"):
+        headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    return headers
 
 
 def build_message(
     payload: dict[str, Any],
     rendered: RenderedEmail,
     *,
-    dedupe_key: str,
-    unsubscribe: Unsubscribe,
+    message_id: str,
     sent_at: datetime,
-) -> EmailMessage:
-    """A multipart/alternative message: the written text part first, then the HTML part."""
+    extra_headers: dict[str, str] | None = None,
+) -> OutgoingMail:
+    """A multipart/alternative message (the written text part first, then the HTML part) and
+    its wire form, made once: the same bytes go to the SMTP server and to the archive."""
     sender = _address(payload["from"])
     message = EmailMessage()
     message["Subject"] = rendered.subject
@@ -253,19 +271,27 @@ def build_message(
     message["To"] = _address(payload["to"])
     if payload.get("cc"):
         message["Cc"] = [_address(person) for person in payload["cc"]]
-    message["Reply-To"] = sender
+    if payload.get("reply_to"):
+        message["Reply-To"] = _address(payload["reply_to"])
     message["Date"] = format_datetime(sent_at)
-    message["Message-ID"] = message_id(dedupe_key, payload["from"]["email"])
-    message["List-Unsubscribe"] = unsubscribe.header(dedupe_key)
-    if unsubscribe.url and unsubscribe.url.startswith("https://"):
-        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    message["Message-ID"] = message_id
+    for name, value in (extra_headers or {}).items():
+        message[name] = value
     message["Auto-Submitted"] = "auto-generated"
     message.set_content(rendered.text)
     message.add_alternative(rendered.html, subtype="html")
+    # A boundary derived from the Message-ID: the same message always has the same bytes.
+    message.set_boundary("=_" + hashlib.sha256(message_id.encode()).hexdigest()[:32])
     # Bodies are already encoded in 76-column lines; headers are now generated unfolded up to
     # RFC 5322's 998 limit, so the List-Unsubscribe URIs are not turned into encoded words.
     message.policy = HEADER_POLICY
-    return message
+    recipients = (payload["to"]["email"], *(person["email"] for person in payload.get("cc", [])))
+    envelope_from = payload.get("envelope_from") or payload["from"]["email"]
+    international = not all(a.isascii() for a in (envelope_from, *recipients))
+    buffer = BytesIO()
+    generator_policy = message.policy.clone(linesep="\r\n", utf8=international)
+    BytesGenerator(buffer, policy=generator_policy).flatten(message)
+    return OutgoingMail(message, buffer.getvalue(), envelope_from, recipients, international)
 
 
 def _address(mailbox: dict[str, str]) -> Address:
@@ -273,16 +299,17 @@ def _address(mailbox: dict[str, str]) -> Address:
     return Address(display_name=mailbox.get("name") or "", username=username, domain=domain)
 
 
-def write_copy(message: EmailMessage, folder: Path, stem: str) -> tuple[Path, Path]:
-    """Keep what was sent: the exact ``.eml`` and an HTML preview with the headers on top."""
+def write_copy(mail: OutgoingMail, folder: Path, stem: str) -> tuple[Path, Path]:
+    """Keep what was sent: the exact ``.eml`` bytes and an HTML preview with the headers on top."""
     folder.mkdir(parents=True, exist_ok=True)
     eml = folder / f"{stem}.eml"
-    eml.write_bytes(bytes(message))
+    eml.write_bytes(mail.content)
+    message = mail.message
     html_part = message.get_body(preferencelist=("html",))
     html = html_part.get_content() if html_part is not None else ""
     banner = "".join(
         f"<div><b>{name}:</b> {escape(str(message[name]))}</div>"
-        for name in ("From", "To", "Cc", "Subject", "Message-ID")
+        for name in ("From", "Reply-To", "To", "Cc", "Subject", "Message-ID")
         if message[name]
     )
     preview = folder / f"{stem}.html"

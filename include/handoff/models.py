@@ -46,6 +46,11 @@ class Contact:
     last_name: str | None
     email: str | None
     opted_out: bool = False
+    # Where the client is and how they like to be addressed (field map: [<crm>.client_fields]).
+    time_zone: str | None = None
+    country: str | None = None
+    locale: str | None = None
+    salutation: str | None = None
 
     @property
     def name(self) -> str:
@@ -72,6 +77,9 @@ class Deal:
     account_owner: Person | None = None
     # The rep's handoff document: internal notes, never rendered into a client email.
     handoff_doc: dict[str, str | None] = field(default_factory=dict)
+    deal_type: str | None = None  # the CRM's own value; the segment is read from it by config
+    account_time_zone: str | None = None
+    account_country: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         record = asdict(self)
@@ -103,6 +111,9 @@ class Deal:
             account_owner=person(record.get("account_owner")),
             primary_contact=Contact(**contact) if contact else None,
             handoff_doc=dict(record.get("handoff_doc") or {}),
+            deal_type=record.get("deal_type"),
+            account_time_zone=record.get("account_time_zone"),
+            account_country=record.get("account_country"),
         )
 
     def missing_handoff_fields(self) -> list[str]:

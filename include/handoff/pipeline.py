@@ -9,7 +9,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -23,6 +23,7 @@ from more_itertools import chunked
 
 from handoff.config import Settings
 from handoff.crm.base import CrmClient, CrmFatalError, CrmUnavailable, WriteOutcomeUnknown
+from handoff.email_context import ClientEmailContext
 from handoff.emails import EmailRenderer
 from handoff.errors import ConfigError, StoreMismatchError
 from handoff.mail import (
@@ -31,10 +32,11 @@ from handoff.mail import (
     MailTransport,
     PermanentMailError,
     TransientMailError,
-    Unsubscribe,
     build_message,
     classify,
     message_id,
+    unsubscribe_headers,
+    unsubscribe_token,
     write_copy,
 )
 from handoff.models import (
@@ -146,6 +148,9 @@ def _deal_row(crm: CrmClient, record: dict[str, Any]) -> dict[str, Any]:
         csm=person("csm"),
         account_owner=person("account_owner"),
         handoff_doc={key: record.get(f"doc_{key}") for key in crm.handoff_fields},
+        deal_type=record.get("deal_type"),
+        account_time_zone=record.get("account_time_zone"),
+        account_country=record.get("account_country"),
     )
     return snapshot_row(deal, record["modstamp"].to_pydatetime())
 
@@ -392,15 +397,15 @@ def _preview(row, deals, settings, run, people, renderer) -> dict[str, Any]:
         would = "hold" if row.status == ActionStatus.HELD else "skip"
         return {**item, "would": would, "reason": row.reason}
     resolved = _resolve_row(row, deals, settings, run, people)
+    if resolved.defer_until is not None:
+        return {**item, "would": "wait", "reason": resolved.reason}
     if not resolved.ready:
-        return {
-            **item,
-            "would": str(resolved.status).removesuffix("ped"),
-            "reason": resolved.reason,
-        }
+        would = {ActionStatus.SKIPPED: "skip", ActionStatus.HELD: "hold"}.get(resolved.status)
+        return {**item, "would": would or "fail", "reason": resolved.reason}
     payload = resolved.payload
     if row.kind == ActionKind.EMAIL:
-        subject = renderer.render(payload["template"], payload["context"]).subject
+        context = ClientEmailContext.from_dict(payload["context"])
+        subject = renderer.render(payload["template"], context).subject
         return {**item, "would": "send", "to": payload["to"]["email"], "subject": subject}
     return {
         **item,
@@ -449,7 +454,35 @@ def refresh_contacts(crm: CrmClient, store: StateStore, run: RunContext) -> dict
             crm.source,
             {d: (asdict(found[d]) if d in found else None) for d in deal_ids},
         )
-    return {"deals_refreshed": len(deal_ids), "api_calls": crm.api_calls - calls_before}
+    opt_outs = write_opt_outs(crm, store)
+    return {
+        "deals_refreshed": len(deal_ids),
+        "opt_outs_written": opt_outs,
+        "api_calls": crm.api_calls - calls_before,
+    }
+
+
+def write_opt_outs(crm: CrmClient, store: StateStore) -> int:
+    """Tell the CRM about contacts who unsubscribed here (its own opt-out field), in batches.
+
+    Promotional steps already stopped when the unsubscribe was recorded; this makes the CRM,
+    and every other tool that reads it, agree. Setting the flag twice is harmless, so a batch
+    whose answer was lost is simply written again on the next run.
+    """
+    pending = store.opt_outs_to_write(crm.source)
+    written = 0
+    for chunk in chunked(pending, crm.write_batch_size):
+        results = crm.set_email_opt_out(chunk)
+        store.mark_opt_outs(
+            crm.source, [(r.dedupe_key, None if r.ok else r.error) for r in results]
+        )
+        written += sum(r.ok for r in results)
+        for result in results:
+            if not result.ok:
+                log.error(
+                    "The CRM refused the opt-out of contact %s: %s", result.dedupe_key, result.error
+                )
+    return written
 
 
 def _deals_of(store: StateStore, source: str, rows: list[OutboxRow]) -> dict[str, Deal]:
@@ -463,6 +496,7 @@ def _resolve_row(
     settings: Settings,
     run: RunContext,
     people: People | None = None,
+    unsubscribed: Collection[str] = frozenset(),
 ) -> Resolution:
     """The row's step for its deal, from the latest snapshot (who and what, decided now)."""
     step = settings.plan.step(row.step)
@@ -478,7 +512,15 @@ def _resolve_row(
     if deal is None:
         return Resolution(ActionStatus.FAILED, {}, f"{label}: no snapshot of the deal is stored")
     try:
-        return resolve(deal, step, settings, people or People(), row.due_at, run.window_end)
+        return resolve(
+            deal,
+            step,
+            settings,
+            people or People(),
+            row.due_at,
+            run.window_end,
+            unsubscribed=unsubscribed,
+        )
     except Exception as exc:  # one deal's bad data must not hold up the others
         return Resolution(
             ActionStatus.FAILED, {}, f"{label}: {row.step} could not be prepared: {exc}"
@@ -492,16 +534,22 @@ EMAIL_CLAIM = 20  # rows claimed at a time: a crash leaves few rows waiting on a
 
 def check_templates(settings: Settings) -> EmailRenderer:
     """The renderer, once every template the planner uses loads: a config error otherwise."""
-    renderer = EmailRenderer(
-        settings.output.templates_dir,
-        common={
-            "unsubscribe_url": settings.unsubscribe.url,
-            "unsubscribe_mailto": str(settings.unsubscribe.mailto),
-        },
-    )
+    renderer = EmailRenderer(settings.output.templates_dir)
     for template in settings.plan.templates:
         renderer.check(template)
     return renderer
+
+
+@dataclass(frozen=True)
+class _Mailing:
+    """What every email of one dispatch shares."""
+
+    renderer: EmailRenderer
+    transport: MailTransport
+    folder: Path
+    installation: str  # keeps this installation's Message-IDs apart from any other's
+    unsubscribe_secret: str
+    domain_sender: str  # Message-IDs are on our company's domain, whoever signs
 
 
 def send_emails(
@@ -511,6 +559,7 @@ def send_emails(
     run: RunContext,
     *,
     source: str,
+    unsubscribe_secret: str | None = None,
 ) -> dict[str, int]:
     """Send every email of ``source`` due by the end of the window once, over one SMTP
     connection, each resolved from the latest snapshot of its deal right before it goes out.
@@ -519,42 +568,69 @@ def send_emails(
     configuration error never touches a row. Rows are claimed a few at a time and each is marked
     attempted right before its content goes to the server: a row an earlier attempt left in
     flight is sent if it was never attempted, and held as ``unconfirmed`` (never re-sent) if it
-    was. A temporary failure puts the unsent rows back and raises, so the retry continues.
+    was. A temporary failure puts the unsent rows back and raises, so the retry continues. An
+    email outside the client's business hours goes back to wait for them, keeping its key.
+
+    ``unsubscribe_secret`` keys the tokens of promotional emails' unsubscribe links (from an
+    Airflow connection); without one, the installation's own random id keys them.
     """
-    counts = {"emails_sent": 0, "emails_skipped": 0, "emails_failed": 0, "emails_unconfirmed": 0}
+    counts = {
+        "emails_sent": 0,
+        "emails_skipped": 0,
+        "emails_failed": 0,
+        "emails_unconfirmed": 0,
+        "emails_held": 0,
+        "emails_waiting": 0,
+    }
     renderer = check_templates(settings)
+    installation = store.installation_id()
+    domain_sender = str(settings.sender.email)
     lease = timedelta(seconds=settings.dispatch.lease_seconds)
     for row in store.take_over_stale(source, ActionKind.EMAIL, run.worker, lease):
         reason = (
             f"{row.label}: {row.step}: the attempt that was sending it stopped after "
             "handing the message to the SMTP server and before recording its answer"
         )
-        _hold_unconfirmed(store, run, row, reason, str(settings.sender.email))
+        _hold_unconfirmed(
+            store, run, row, reason, message_id(row.dedupe_key, domain_sender, installation)
+        )
         counts["emails_unconfirmed"] += 1
     due_by = run.window_end
     if not store.has_rows(source, ActionKind.EMAIL, ActionStatus.PENDING, due_by=due_by):
         return counts
-    unsubscribe = Unsubscribe(str(settings.unsubscribe.mailto), settings.unsubscribe.url)
-    folder = run.run_folder(settings) / "emails"
     with ExitStack() as stack:
         try:
             transport = stack.enter_context(open_transport())
         except Exception as exc:  # nothing is claimed yet: the retry starts afresh
             raise classify(exc) from exc
+        mailing = _Mailing(
+            renderer,
+            transport,
+            run.run_folder(settings) / "emails",
+            installation,
+            unsubscribe_secret or installation,
+            domain_sender,
+        )
         claim = partial(store.claim, source, ActionKind.EMAIL, run.worker, due_by=due_by)
         while batch := claim(limit=EMAIL_CLAIM):
             deals = _deals_of(store, source, batch)
+            contacts = [d.primary_contact.id for d in deals.values() if d.primary_contact]
+            unsubscribed = store.unsubscribed(source, contacts)
             for index, row in enumerate(batch):
                 try:
-                    resolved = _resolve_row(row, deals, settings, run)
+                    resolved = _resolve_row(row, deals, settings, run, unsubscribed=unsubscribed)
                     for issue in resolved.issues:
                         store.record_issue(issue, run.run_id)
+                    if resolved.defer_until is not None:
+                        _wait_for_business_hours(store, run, row, resolved)
+                        counts["emails_waiting"] += 1
+                        continue
                     if not resolved.ready:
                         _close(store, run, row, resolved.status, resolved.reason, None)
                         counts[f"emails_{resolved.status}"] += 1
                         continue
                     row = replace(row, payload=resolved.payload)
-                    _send_one(store, run, renderer, transport, unsubscribe, folder, row, counts)
+                    _send_one(store, run, settings, mailing, row, counts)
                 except BaseException as exc:
                     # A temporary SMTP error is an answer: the message was not taken. Any other
                     # failure leaves an attempted message in flight, to be held, never resent.
@@ -566,26 +642,51 @@ def send_emails(
     return counts
 
 
-def _send_one(store, run, renderer, transport, unsubscribe, folder, row, counts) -> None:
+def _wait_for_business_hours(store, run, row: OutboxRow, resolved: Resolution) -> None:
+    """Back to pending until the client's window opens; its lateness limit moves with it."""
+    until = resolved.defer_until
+    assert until is not None
+    not_after = row.not_after + (until - row.due_at) if row.not_after else None
+    store.defer(row.dedupe_key, run.worker, until, not_after, resolved.reason or "")
+    log.info("%s", resolved.reason)
+
+
+def _send_one(store, run, settings: Settings, mailing: _Mailing, row, counts) -> None:
     key, payload = row.dedupe_key, row.payload
+    context = ClientEmailContext.from_dict(payload["context"])
+    headers: dict[str, str] = {}
+    if payload.get("promotional"):
+        token = unsubscribe_token(mailing.unsubscribe_secret, key)
+        store.remember_token(
+            token, row.source, row.deal_id, payload["contact_id"], payload["to"]["email"], row.step
+        )
+        url = settings.unsubscribe.url
+        mailto = str(settings.unsubscribe.mailto)
+        context = replace(
+            context,
+            unsubscribe_url=f"{url}{'&' if '?' in url else '?'}t={token}" if url else None,
+            unsubscribe_mailto=mailto,
+        )
+        headers = unsubscribe_headers(url, mailto, token)
     try:
-        rendered = renderer.render(payload["template"], payload["context"])
+        rendered = mailing.renderer.render(payload["template"], context)
     except TemplateError as exc:  # the templates, not the deal: stop the run, fail nothing
         raise ConfigError(f"the email template {payload['template']!r} failed: {exc}") from exc
+    mid = message_id(key, mailing.domain_sender, mailing.installation)
     try:
-        message = build_message(
-            payload, rendered, dedupe_key=key, unsubscribe=unsubscribe, sent_at=datetime.now(UTC)
+        mail = build_message(
+            payload, rendered, message_id=mid, sent_at=datetime.now(UTC), extra_headers=headers
         )
     except Exception as exc:  # a data defect of this one deal: record it, go on
         _fail_email(store, run, row, f"{row.label}: {row.step} could not be built: {exc}")
         counts["emails_failed"] += 1
         return
-    recipients = [payload["to"]["email"], *(person["email"] for person in payload.get("cc", []))]
     try:
-        refused = transport.send(
-            message,
-            sender=payload["from"]["email"],
-            recipients=recipients,
+        refused = mailing.transport.send(
+            mail.content,
+            sender=mail.envelope_from,
+            recipients=mail.recipients,
+            smtputf8=mail.smtputf8,
             before_data=lambda: key in store.mark_attempted([key], run.worker),
         )
     except LostClaim:
@@ -593,27 +694,25 @@ def _send_one(store, run, renderer, transport, unsubscribe, folder, row, counts)
         return
     except PermanentMailError as exc:
         reason = f"{row.label}: the SMTP server refused {row.step}: {exc}"
-        _fail_email(store, run, row, reason, message["Message-ID"])
+        _fail_email(store, run, row, reason, mid)
         counts["emails_failed"] += 1
         return
     except MailOutcomeUnknown as exc:
-        what = f"{row.label}: {row.step}: {exc}"
-        _hold_unconfirmed(store, run, row, what, row.payload["from"]["email"])
+        _hold_unconfirmed(store, run, row, f"{row.label}: {row.step}: {exc}", mid)
         counts["emails_unconfirmed"] += 1
         # The connection is gone: the rest of the batch goes back and the retry goes on.
         raise TransientMailError(f"the SMTP connection dropped while sending {key}") from exc
     # The server accepted the message: this row is never released again.
-    _record_sent(store, run, row, message, refused, counts)
+    _record_sent(store, run, row, mail.message, refused, counts)
     try:
-        write_copy(message, folder, f"{safe_name(row.deal_id)}-{row.step}")
+        write_copy(mail, mailing.folder, f"{safe_name(row.deal_id)}-{row.step}")
     except OSError as exc:
-        log.warning("Could not keep a copy of %s: %s", message["Message-ID"], exc)
+        log.warning("Could not keep a copy of %s: %s", mid, exc)
 
 
 def _hold_unconfirmed(
-    store: StateStore, run: RunContext, row: OutboxRow, what: str, sender: str
+    store: StateStore, run: RunContext, row: OutboxRow, what: str, mid: str
 ) -> None:
-    mid = message_id(row.dedupe_key, sender)
     reason = (
         f"{what}; it may have been delivered, so it is not sent again. Look for Message-ID "
         f"{mid} in the SMTP server's log and send it by hand only if it is absent"
@@ -930,7 +1029,15 @@ def _waiting(row: OutboxRow, lease: timedelta) -> dict[str, Any]:
     if row.status == ActionStatus.HELD:
         limit = f"{row.not_after:%Y-%m-%d %H:%M} UTC" if row.not_after else "no limit"
         item["reason"] = f"{row.reason} (at the latest by {limit}; after that it is skipped)"
-        item["retry_at"] = "the first run after the handoff document is complete"
+        item["retry_at"] = (
+            "the first run after the handoff document is complete"
+            if "handoff document" in (row.reason or "")
+            else "the first run after the deal is next planned, once the CRM data is corrected"
+        )
+        return item
+    if row.status == ActionStatus.PENDING and "business hours" in (row.reason or ""):
+        item["reason"] = row.reason
+        item["retry_at"] = row.due_at.isoformat()
         return item
     if row.status == ActionStatus.PENDING:
         why = f" (last try: {row.reason})" if row.reason else ""

@@ -10,16 +10,36 @@ reason naming the deal and the field; the other steps and deals go on.
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from babel import Locale
 from email_validator import EmailNotValidError, validate_email
 
+from handoff.client_locale import (
+    BusinessCalendar,
+    SendingWindow,
+    clean_display_name,
+    country_code,
+    deadline_date,
+    deadline_text,
+    display_name,
+    email_locale,
+    greeting,
+    injection_reason,
+    name_language,
+    window_opening,
+    zone_for,
+)
 from handoff.config import Settings
+from handoff.email_context import ClientEmailContext, Milestone
 from handoff.models import (
     ActionStatus,
     CrmTask,
@@ -53,10 +73,12 @@ class Resolution:
     reason: str | None = None
     # Data problems noticed while resolving (the contact is only read at dispatch time).
     issues: tuple[DealIssue, ...] = ()
+    # Outside the client's business hours: the row waits (same key, same place) until then.
+    defer_until: datetime | None = None
 
     @property
     def ready(self) -> bool:
-        return self.status == ActionStatus.PENDING
+        return self.status == ActionStatus.PENDING and self.defer_until is None
 
 
 @dataclass(frozen=True)
@@ -110,12 +132,12 @@ def deal_issues(deal: Deal, settings: Settings) -> list[DealIssue]:
 
 
 def display_issues(deal: Deal) -> list[DealIssue]:
-    """Names shown to the client that carried line breaks or control marks (cleaned first)."""
+    """Names shown to the client that carried markup or control marks (shown cleaned)."""
     contact = deal.primary_contact
     issues = []
     for field, value in (
         ("Contact.FirstName", contact.first_name if contact else None),
-        ("Contact.Name", contact.name if contact else None),
+        ("Contact.LastName", contact.last_name if contact else None),
         ("Account.Name", deal.account_name),
     ):
         if value and _CONTROL.search(value):
@@ -125,18 +147,37 @@ def display_issues(deal: Deal) -> list[DealIssue]:
                     field,
                     "control_characters",
                     "contains line breaks, control characters or bidirectional marks; they "
-                    "were replaced by spaces",
+                    "are never shown to the client",
+                )
+            )
+        elif value and clean_display_name(value) != _clean(value):
+            issues.append(
+                _issue(
+                    deal,
+                    field,
+                    "markup_in_name",
+                    f"contains markup; the client sees {clean_display_name(value)!r}",
                 )
             )
     return issues
 
 
 def resolve(
-    deal: Deal, step: Step, settings: Settings, people: People, planned_at: datetime, now: datetime
+    deal: Deal,
+    step: Step,
+    settings: Settings,
+    people: People,
+    planned_at: datetime,
+    now: datetime,
+    *,
+    unsubscribed: Collection[str] = frozenset(),
 ) -> Resolution:
-    """What ``step`` is for ``deal`` now: an email or a task payload, or why it cannot be."""
+    """What ``step`` is for ``deal`` now: an email or a task payload, or why it cannot be.
+
+    ``unsubscribed``: contact ids that used the one-click unsubscribe (promotional steps stop).
+    """
     if step.kind == "email":
-        return _email(deal, step, settings, now)
+        return _email(deal, step, settings, people, now, unsubscribed)
     return _task(deal, step, settings, people, planned_at, now)
 
 
@@ -205,8 +246,49 @@ def _issue(deal: Deal, field: str, code: str, what: str) -> DealIssue:
 # -- emails --------------------------------------------------------------------------------------
 
 
-def _email(deal: Deal, step: Step, settings: Settings, now: datetime) -> Resolution:
+def is_existing_customer(deal: Deal, settings: Settings) -> bool:
+    """A deal for a client we already have (upgrade, renewal): by the CRM's deal type."""
+    kinds = {kind.strip().lower() for kind in settings.salesforce.existing_customer_types}
+    return (deal.deal_type or "").strip().lower() in kinds
+
+
+@dataclass(frozen=True)
+class ClientPlace:
+    """Where the client is: the zone their mail arrives in and the calendar of their days."""
+
+    zone: ZoneInfo
+    country: str | None
+    calendar: BusinessCalendar
+    note: str  # where the zone came from, for RevOps
+
+
+def client_place(deal: Deal, settings: Settings) -> ClientPlace:
+    """The contact's zone, else the account's, else their country's, else the default."""
+    email = settings.email
+    contact = deal.primary_contact
+    country = (
+        country_code(contact.country if contact else None)
+        or country_code(deal.account_country)
+        or country_code(email.default_country)
+    )
+    zone, note = zone_for(contact.time_zone if contact else None, None)
+    if zone is None:
+        zone, note = zone_for(deal.account_time_zone, country, overrides=email.country_time_zones)
+    if zone is None:
+        zone, note = ZoneInfo(email.default_time_zone), "the configured default time zone"
+    return ClientPlace(zone, country, BusinessCalendar(country), note)
+
+
+def _email(
+    deal: Deal,
+    step: Step,
+    settings: Settings,
+    people: People,
+    now: datetime,
+    unsubscribed: Collection[str],
+) -> Resolution:
     fields = _FieldNames(settings)
+    issues: list[DealIssue] = []
     deal = _active_people(deal, fields, [])
     contact = deal.primary_contact
     if contact is None:
@@ -221,6 +303,13 @@ def _email(deal: Deal, step: Step, settings: Settings, now: datetime) -> Resolut
             "Contact.HasOptedOutOfEmail",
             f"primary contact {contact.id} opted out of email; no {step.id} is sent",
         )
+    if step.promotional and contact.id in unsubscribed:
+        return _skip(
+            deal,
+            "unsubscribe",
+            f"primary contact {contact.id} unsubscribed from promotional email; no {step.id} "
+            "is sent",
+        )
     if not (contact.email or "").strip():
         return _skip(deal, "Contact.Email", f"primary contact {contact.id} has no email address")
     try:
@@ -231,55 +320,172 @@ def _email(deal: Deal, step: Step, settings: Settings, now: datetime) -> Resolut
             "Contact.Email",
             f"primary contact {contact.id} has an invalid address {contact.email!r}: {exc}",
         )
-    first_name = _clean(contact.first_name)
-    contact_name = _clean(contact.name)
-    account = _clean(deal.account_name)
+    injected = _injected_names(deal, settings)
+    if injected:
+        return Resolution(ActionStatus.HELD, {}, injected[0].reason, issues=tuple(injected))
+
+    place = client_place(deal, settings)
+    if settings.email.business_hours_only:
+        window = SendingWindow(settings.email.window_start, settings.email.window_end)
+        opening = window_opening(now, place.zone, place.calendar, window)
+        if opening > now:
+            return Resolution(
+                ActionStatus.PENDING,
+                {},
+                f"{deal.label()}: {step.id} waits for the client's business hours "
+                f"({opening.astimezone(place.zone):%a %d %b %H:%M} {place.zone.key}, "
+                f"{place.note})",
+                defer_until=opening,
+            )
+
+    existing = is_existing_customer(deal, settings)
+    language = name_language(contact.first_name, contact.last_name, contact.locale)
+    greeting_line = greeting(
+        contact.first_name,
+        contact.last_name,
+        locale=contact.locale or language,
+        salutation=contact.salutation,
+        greetings=settings.email.greetings,
+    )
+    contact_name = display_name(contact.first_name, contact.last_name, language)
     sender = settings.sender
-    # Only active people with a usable address are copied, and only they are named as copied.
-    copied = {role: p for role, p in (("rep", deal.owner), ("csm", deal.csm)) if p and p.email}
-    cc = [_mailbox(person) for person in copied.values()]
-    csm = deal.csm
-    won_at = _won_at(deal)
-    day = max(0, (now - won_at).days)
-    # Only client-safe fields go into the email context; the handoff document never does.
-    context = {
-        "contact_first_name": first_name or contact_name or "there",
-        "contact_name": contact_name or first_name or "there",
-        "account_name": account or "your team",
-        "sender_name": sender.name,
-        "sender_title": sender.title,
-        "signer_name": _clean(csm.name) if csm else sender.name,
-        "signer_title": "Customer Success Manager" if csm else sender.title,
-        "company": sender.company,
-        "csm_name": _clean(csm.name) if csm else None,
-        "csm_email": csm.email if csm else None,
-        "rep_name": _clean(copied["rep"].name) if "rep" in copied else None,
-        "timeline": _timeline(won_at, settings),
-        "day": day,
-        "week": day // 7,
+    team = settings.email.team
+    csm = deal.csm if deal.csm and deal.csm.email else None
+    if csm is None:
+        issues.append(_team_instead_of_csm(deal, fields, step))
+    executive = people.executive
+    executive_ok = executive is None or executive.is_active
+    if step.sender == "executive" and executive_ok:
+        signer = (sender.name, sender.title, str(sender.email))
+    elif csm is not None:
+        signer = (_clean(csm.name), "Customer Success Manager", csm.email or "")
+    else:
+        signer = (_team_name(team.name), "", str(team.email))
+    copied = {
+        role: person
+        for role, person in (("rep", deal.owner), ("csm", csm))
+        if person and person.email and person.email.lower() != signer[2].lower()
     }
+    send_day = now.astimezone(place.zone).date()
+    locale = email_locale(contact.locale, place.country)
+    context = ClientEmailContext(
+        greeting=greeting_line,
+        contact_name=contact_name or "there",
+        account_name=_clean_name(deal.account_name) or "your team",
+        company=sender.company,
+        signer_name=signer[0],
+        signer_title=signer[1],
+        csm_name=_clean(csm.name) if csm else _team_name(team.name),
+        csm_email=(csm.email or "") if csm else str(team.email),
+        csm_is_team=csm is None,
+        csm_booking_url=settings.email.booking_links.get((csm.email or "").lower())
+        if csm
+        else None,
+        rep_name=_clean(copied["rep"].name) if "rep" in copied else None,
+        executive_name=sender.name,
+        executive_title=sender.title,
+        existing_customer=existing,
+        timeline=_timeline(deal, settings, place, send_day, locale, existing),
+        day=max(0, (now - _won_at(deal)).days),
+        week=max(0, (now - _won_at(deal)).days) // 7,
+    )
+    from_box = {"name": signer[0], "email": signer[2]}
+    reply_to = None
+    if settings.email.sender_mode == "via_company":
+        from_box = {
+            "name": f"{signer[0]} via {sender.company}",
+            "email": str(settings.email.from_address),
+        }
+        reply_to = {"name": signer[0], "email": signer[2]}
     payload = {
         "deal_label": deal.label(),
         "template": step.template,
-        "from": {"name": sender.name, "email": str(sender.email)},
+        "from": from_box,
+        "reply_to": reply_to,
+        "envelope_from": str(settings.email.envelope_sender or from_box["email"]),
         "to": {"name": contact_name, "email": to_address},
-        "cc": cc,
-        "context": context,
+        "cc": [_mailbox(person) for person in copied.values()],
+        "contact_id": contact.id,
+        "promotional": step.promotional,
+        "client_zone": place.zone.key,
+        "context": context.to_dict(),
     }
-    return Resolution(ActionStatus.PENDING, payload, issues=tuple(display_issues(deal)))
+    issues += display_issues(deal)
+    return Resolution(ActionStatus.PENDING, payload, issues=tuple(issues))
 
 
-def _timeline(won_at: datetime, settings: Settings) -> list[dict[str, str]]:
-    """The milestones the playbook labels for clients, dated from the win."""
-    return [
-        {"label": label, "date": (won_at + offset).date().isoformat()}
-        for label, offset in settings.plan.timeline_milestones()
-    ]
+def _team_name(name: str) -> str:
+    """The team as a sender's display name: "The Handoff Demo customer success team"."""
+    return name[:1].upper() + name[1:]
+
+
+def _team_instead_of_csm(deal: Deal, fields: _FieldNames, step: Step) -> DealIssue:
+    return _issue(
+        deal,
+        fields.csm,
+        "csm_replaced_by_team",
+        f"no active CSM with an email address on the deal, so {step.id} introduces the "
+        "customer success team instead of a person",
+    )
+
+
+def _injected_names(deal: Deal, settings: Settings) -> list[DealIssue]:
+    """Names that look like injected header text: the deal's client mail waits for a person."""
+    contact = deal.primary_contact
+    salutation = settings.salesforce.client_fields.salutation or "salutation"
+    issues = []
+    for field, value in (
+        ("Contact.FirstName", contact.first_name if contact else None),
+        ("Contact.LastName", contact.last_name if contact else None),
+        (f"Contact.{salutation}", contact.salutation if contact else None),
+        ("Account.Name", deal.account_name),
+    ):
+        why = injection_reason(value)
+        if why:
+            issues.append(
+                _issue(
+                    deal,
+                    field,
+                    "injected_name",
+                    f"{why}; the client's email is held until the name is corrected in the CRM",
+                )
+            )
+    return issues
+
+
+def _timeline(
+    deal: Deal,
+    settings: Settings,
+    place: ClientPlace,
+    send_day: date,
+    locale: Locale,
+    existing: bool,
+) -> tuple[Milestone, ...]:
+    """The milestones still ahead, as deadlines the team can keep from the day the mail goes
+    out, on the client's business days (a late discovery never promises a date in the past)."""
+    won_at = _won_at(deal)
+    segment = "existing_customer" if existing else "new_business"
+    milestones = []
+    for step, offset in settings.plan.timeline_milestones(segment):
+        target = (won_at + offset).astimezone(place.zone).date()
+        if target < send_day:
+            continue  # its moment has passed: the client is not promised it again
+        floor = send_day + timedelta(days=math.ceil(step.due / timedelta(days=1)))
+        day = deadline_date(target, floor, place.calendar)
+        milestones.append(
+            Milestone(step.timeline or step.id, deadline_text(day, locale, reference=send_day))
+        )
+    return tuple(milestones)
 
 
 def _clean(text: str | None) -> str:
     """One line of display text: no control or bidirectional marks, single spaces."""
     return " ".join(_CONTROL.sub(" ", unicodedata.normalize("NFC", text or "")).split())
+
+
+def _clean_name(text: str | None) -> str:
+    """A name a client reads: markup stripped as well."""
+    return clean_display_name(text)
 
 
 def _mailbox(person: Person) -> dict[str, str]:

@@ -28,6 +28,9 @@ from handoff.errors import ConfigError
 from handoff.files import read_toml
 
 Role = Literal["client", "ae", "csm", "executive", "account_owner"]
+# New business gets the whole onboarding; a deal for a client we already have (an upgrade, a
+# renewal: [<crm>].existing_customer_types) only the steps that name its segment.
+Segment = Literal["new_business", "existing_customer"]
 ROLE_NAMES = {
     "client": "the client's primary contact",
     "ae": "the rep (deal owner)",
@@ -102,6 +105,12 @@ class StepSpec(_Strict):
     late_after: Duration | None = None
     timeline: str | None = Field(None, min_length=1, max_length=60)
     description: str = ""
+    segments: list[Segment] = Field(["new_business"], min_length=1)
+    # Email steps: who the client hears from (and who signs); default the CSM.
+    sender: Literal["executive", "csm"] | None = None
+    # Marketing rather than a person's relationship note: carries a one-click unsubscribe and
+    # stops for a contact who used it.
+    promotional: bool = False
 
     @model_validator(mode="after")
     def _kind_fields(self) -> StepSpec:
@@ -113,6 +122,8 @@ class StepSpec(_Strict):
             for name in ("owner", "fallback_owner", "subject", "ask"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name!r} belongs to task steps, not to an email step")
+        elif self.sender is not None or self.promotional:
+            raise ValueError("'sender' and 'promotional' belong to email steps, not to a task step")
         else:
             if self.owner is None or self.owner == "client":
                 raise ValueError("a task step needs an owner: ae, csm, executive or account_owner")
@@ -157,6 +168,9 @@ class Step:
     priority: str
     timeline: str | None
     description: str
+    segments: tuple[str, ...] = ("new_business",)
+    sender: str | None = None
+    promotional: bool = False
 
     @property
     def is_client_facing(self) -> bool:
@@ -183,9 +197,9 @@ class Playbook:
         """After this long from the win no step can still happen: onboarding is complete."""
         return max(s.offset + s.late_after for s in self.steps)
 
-    def timeline_milestones(self) -> list[tuple[str, timedelta]]:
-        """Dates a client is shown: each labelled task's due moment, in order."""
-        marks = [(s.timeline, s.offset + s.due) for s in self.steps if s.timeline]
+    def timeline_milestones(self, segment: str = "new_business") -> list[tuple[Step, timedelta]]:
+        """Dates a client of this segment is shown: each labelled task and its due moment."""
+        marks = [(s, s.offset + s.due) for s in self.steps if s.timeline and segment in s.segments]
         return sorted(marks, key=lambda mark: mark[1])
 
 
@@ -263,6 +277,9 @@ def _expand(path: Path, spec: PlaybookSpec) -> Playbook:
                     priority=item.priority,
                     timeline=item.timeline,
                     description=item.description,
+                    segments=tuple(item.segments),
+                    sender=(item.sender or "csm") if item.kind == "email" else None,
+                    promotional=item.promotional,
                 )
             )
     return Playbook(

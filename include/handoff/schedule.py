@@ -29,7 +29,7 @@ from more_itertools import chunked
 
 from handoff.config import Settings
 from handoff.models import ActionKind, ActionStatus, Deal, DealIssue, PlannedAction
-from handoff.planning import HANDOFF_DOC_LABELS, deal_issues
+from handoff.planning import HANDOFF_DOC_LABELS, deal_issues, is_existing_customer
 from handoff.playbook import Playbook, describe
 from handoff.state.store import StateStore
 
@@ -42,6 +42,7 @@ DEAL_FRAME = [
     "modstamp",
     "amount",
     "complete",
+    "existing",
     "missing",
     "label",
     "hold_reason",
@@ -98,6 +99,8 @@ def steps_frame(playbook: Playbook) -> pd.DataFrame:
                 "enterprise": c.enterprise,
                 "doc": c.handoff_doc,
                 "after": c.after,
+                "for_new": "new_business" in step.segments,
+                "for_existing": "existing_customer" in step.segments,
             }
         )
     frame = pd.DataFrame(rows)
@@ -141,6 +144,7 @@ def plan_due_steps(
     future = open_steps[open_steps["fire_at"] > at]
 
     applies, unknown_amount = _conditions(due, playbook)
+    applies &= due["for_existing"].where(due["existing"], due["for_new"]).astype(bool)
     late = at > due["fire_at"] + due["late_after"]
     # A step skipped in this same pass counts as ended for the steps that come after it.
     ending_now = due.loc[applies & late, ["deal_id", "step"]].assign(status=ActionStatus.SKIPPED)
@@ -244,6 +248,7 @@ def _deals_frame(
                 "modstamp": item["modstamp"],
                 "amount": amount,
                 "complete": not missing,
+                "existing": is_existing_customer(deal, settings),
                 "missing": missing,
                 "label": deal.label(),
                 "hold_reason": _hold_reason(deal.label(), missing, settings) if missing else None,

@@ -82,3 +82,19 @@ class HandoffSmtpHook(SmtpHook):
             verify_certificate=self.ssl_context != "none",
         ) as transport:
             yield transport
+
+
+UNSUBSCRIBE_CONN_ID = "handoff_unsubscribe"
+
+
+def unsubscribe_secret() -> str | None:
+    """The key of promotional emails' unsubscribe tokens: the password of the
+    ``handoff_unsubscribe`` connection (None when it is not set up: the installation's own
+    random id keys them)."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return BaseHook.get_connection(UNSUBSCRIBE_CONN_ID).password or None
+    except AirflowNotFoundException:
+        return None

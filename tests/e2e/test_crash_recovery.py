@@ -162,6 +162,8 @@ def test_a_kill_in_the_middle_of_a_send_batch(world, rerun):
             "emails_skipped": 0,
             "emails_failed": 0,
             "emails_unconfirmed": 1,
+            "emails_held": 0,
+            "emails_waiting": 0,
         }
         world.assert_exactly_once(emails=6, tasks=0)
         return
@@ -183,6 +185,8 @@ def test_a_kill_in_the_middle_of_a_send_batch(world, rerun):
         "emails_skipped": 0,
         "emails_failed": 0,
         "emails_unconfirmed": 1,
+        "emails_held": 0,
+        "emails_waiting": 0,
     }
     world.assert_exactly_once(emails=6, tasks=6)
     [held_row] = [r for r in world.outbox() if r["status"] == ActionStatus.UNCONFIRMED]

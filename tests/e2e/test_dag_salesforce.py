@@ -131,16 +131,22 @@ def test_bad_input_is_reported_by_deal_and_field_and_the_run_goes_on(dag, org, s
     issues = {(i["deal_id"], i["field"]) for i in summary["issues"]}
     assert (inactive, "Customer_Success_Manager__c") in issues
     assert (no_owner, "OwnerId") in issues and (no_amount, "Amount") in issues
-    assert (injected, "Contact.FirstName") in issues and (injected, "Contact.Name") in issues
+    assert (injected, "Contact.FirstName") in issues
+    # Injected header text holds that client's mail for a person to look at.
+    [held] = [w for w in summary["waiting"] if w["deal_id"] == injected]
+    assert (held["step"], held["status"]) == ("welcome_email", "held")
+    assert "Contact.FirstName" in held["reason"] and "corrected" in held["retry_at"]
+    reasons_of = {(i["deal_id"], i["field"]): i["reason"] for i in summary["issues"]}
+    assert "held until the name is corrected" in reasons_of[(injected, "Contact.FirstName")]
     assert summary["failed"] == 0
     assert not [m for m in smtp_sink.messages if "Gone Away" in m.raw.decode("utf-8", "replace")]
 
     recipients = sorted(a for m in smtp_sink.messages for a in m.rcpt_tos)
     assert "attacker@evil.example" not in recipients
     to = sorted(m.message["To"].addresses[0].addr_spec for m in smtp_sink.messages)
-    # good, no owner, no amount, inactive CSM and the injection attempt still get their welcome.
-    assert len(to) == 5
-    assert summary["emails_sent"] == 5
+    # good, no owner, no amount and inactive CSM get their welcome; the injection attempt waits.
+    assert len(to) == 4
+    assert summary["emails_sent"] == 4
     assert {d["deal_id"] for d in summary["new_deals"]} >= {good, no_owner, injected}
 
 

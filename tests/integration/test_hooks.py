@@ -52,9 +52,10 @@ def test_smtp_hook_lends_one_connection_for_a_batch(connections, smtp_sink):
             message["Subject"] = "hi"
             message.set_content("hello")
             refused = transport.send(
-                message,
+                message.as_bytes(),
                 sender="a@seller.example",
                 recipients=[f"c{n}@client.example"],
+                smtputf8=False,
                 before_data=lambda n=n: attempts.append(n) or True,
             )
             assert refused == {}

@@ -93,5 +93,6 @@ def test_a_csm_replaced_on_day_20_signs_the_day_21_check_in(
     [mail] = [m for m in smtp_sink.messages if "Week 3" in str(m.message["Subject"])]
     text = mail.message.get_body(("plain",)).get_content()
     assert "Robin Newcsm" in text and "Casey Csm" not in text
-    assert "robin.newcsm@seller.example" in mail.rcpt_tos
+    # The check-in comes from the new CSM (not copied to themself); the old one is out of it.
+    assert mail.message["From"].addresses[0].addr_spec == "robin.newcsm@seller.example"
     assert "casey.csm@seller.example" not in mail.rcpt_tos

@@ -41,7 +41,7 @@ from handoff.sandbox import (
     compile_soql,
     seed_org,
 )
-from handoff.sandbox.ids import checksum
+from handoff.sandbox.ids import checksum, make_id
 
 TODAY = date(2026, 11, 23)
 TOKEN = "test-token"
@@ -303,7 +303,7 @@ WHERE_CASES: list[tuple[str, str, Callable[[dict[str, Any], dict[str, Any]], boo
         lambda r, c: _csm_active(c, r) is False,
     ),
     ("Contact", "LastName = 'O\\'Brien'", lambda r, c: r["LastName"] == "O'Brien"),
-    ("Contact", "FirstName = '李'", lambda r, c: r["FirstName"] == "李"),
+    ("Contact", "LastName = '李'", lambda r, c: r["LastName"] == "李"),
     ("Contact", "Email = null", lambda r, c: r["Email"] is None),
 ]
 WHERE_IDS = [
@@ -459,6 +459,84 @@ def test_an_org_file_from_before_the_key_field_gains_its_column(tmp_path: Path) 
         store.close()
 
 
+# -- where the client is and how to greet them -----------------------------------------------------
+
+CONTACT_PLACE = ("MailingCountry", "Time_Zone__c", "Language__c", "Greeting_Name__c")
+
+
+def test_client_place_fields_are_described_text_fields(sf: Salesforce) -> None:
+    contact = {f["name"]: f for f in sf.Contact.describe()["fields"]}
+    account = {f["name"]: f for f in sf.Account.describe()["fields"]}
+    described = [contact[name] for name in CONTACT_PLACE]
+    described += [account["BillingCountry"], account["Time_Zone__c"]]
+    assert all(f["type"] == "string" and f["nillable"] for f in described)
+    assert all(f["createable"] and f["updateable"] and f["filterable"] for f in described)
+    assert [f["custom"] for f in described] == [False, True, True, True, False, True]
+    assert (contact["Time_Zone__c"]["label"], contact["Greeting_Name__c"]["label"]) == (
+        "Time Zone",
+        "Greeting Name",
+    )
+    kind = {f["name"]: f for f in sf.Opportunity.describe()["fields"]}["Type"]
+    assert kind["type"] == "picklist" and not kind["restrictedPicklist"]
+    assert {"New Business", "Existing Customer - Upgrade", "Renewal"} <= {
+        p["value"] for p in kind["picklistValues"]
+    }
+
+
+def test_client_place_fields_are_inserted_and_unset_ones_read_null(sf: Salesforce) -> None:
+    place = {
+        "MailingCountry": "Japan",
+        "Time_Zone__c": "Asia/Tokyo",
+        "Language__c": "ja_JP",
+        "Greeting_Name__c": "田中様",
+    }
+    account = sf.Account.create({"Name": "Place Ltd", "Time_Zone__c": "Asia/Tokyo"})["id"]
+    placed = sf.Contact.create({"LastName": "Placed", "AccountId": account, **place})["id"]
+    bare = sf.Contact.create({"LastName": "Bare", "AccountId": account})["id"]
+    assert {name: sf.Contact.get(placed)[name] for name in CONTACT_PLACE} == place
+    assert {name: sf.Contact.get(bare)[name] for name in CONTACT_PLACE} == dict.fromkeys(
+        CONTACT_PLACE
+    )
+    soql = (
+        "SELECT LastName, Account.Time_Zone__c, Account.BillingCountry FROM Contact "
+        f"WHERE AccountId = '{account}' AND Time_Zone__c = null"
+    )
+    [record] = sf.query(soql)["records"]
+    assert record["LastName"] == "Bare"
+    assert (record["Account"]["Time_Zone__c"], record["Account"]["BillingCountry"]) == (
+        "Asia/Tokyo",
+        None,
+    )
+
+
+def test_client_place_fields_are_selected_through_relationship_paths(
+    sf: Salesforce, server: SandboxServer
+) -> None:
+    contacts = {c["Id"]: c for c in server.store.rows("Contact")}
+    fields = ", ".join(f"Contact.{name}" for name in CONTACT_PLACE)
+    soql = f"SELECT ContactId, {fields} FROM OpportunityContactRole WHERE IsPrimary = true"
+    roles = sf.query_all(soql)["records"]
+    assert roles
+    for role in roles:
+        assert list(role["Contact"]) == ["attributes", *CONTACT_PLACE]
+        stored = contacts[role["ContactId"]]
+        assert {name: role["Contact"][name] for name in CONTACT_PLACE} == {
+            name: stored[name] for name in CONTACT_PLACE
+        }
+    zones = {role["Contact"]["Time_Zone__c"] for role in roles}
+    assert None in zones and "Asia/Tokyo" in zones, "set and unset values both come through"
+
+    accounts = {a["Id"]: a for a in server.store.rows("Account")}
+    soql = "SELECT Type, AccountId, Account.BillingCountry, Account.Time_Zone__c FROM Opportunity"
+    deals = [d for d in sf.query_all(soql)["records"] if d["AccountId"]]
+    assert deals
+    for deal in deals:
+        account = accounts[deal["AccountId"]]
+        assert deal["Account"]["BillingCountry"] == account["BillingCountry"]
+        assert deal["Account"]["Time_Zone__c"] == account["Time_Zone__c"]
+    assert {"New Business", "Renewal"} <= {deal["Type"] for deal in deals}
+
+
 # -- writes: sObject Collections -----------------------------------------------------------------
 
 
@@ -521,6 +599,131 @@ def test_composite_refuses_more_than_200_records(sf: Salesforce, org: dict) -> N
         }
     ]
     assert count_tasks(sf, "too-many-") == 0
+
+
+def _opt_out(*record_ids: str, **changes: Any) -> dict[str, Any]:
+    """The body the connector sends to opt contacts out of email."""
+    records = [
+        {"attributes": {"type": "Contact"}, "id": record_id, "HasOptedOutOfEmail": True, **changes}
+        for record_id in record_ids
+    ]
+    return {"allOrNone": False, "records": records}
+
+
+def _new_contacts(sf: Salesforce, prefix: str, count: int) -> list[str]:
+    """Fresh contacts, so opting them out leaves the seeded ones as other tests expect them."""
+    names = [f"{prefix}-{n}" for n in range(count)]
+    created = [sf.Contact.create({"LastName": n, "Email": f"{n}@client.example"}) for n in names]
+    return [c["id"] for c in created]
+
+
+def test_collection_update_opts_contacts_out_and_reports_each_record(
+    sf: Salesforce, server: SandboxServer
+) -> None:
+    first, second, deleted = _new_contacts(sf, "opt-out", 3)
+    sf.Contact.delete(deleted)
+    unknown = make_id("003", 10**6)  # well formed, never minted
+    before = {c: sf.Contact.get(c) for c in (first, second)}
+    routed = server.stats()["by_route"].get("composite_sobjects_update", 0)
+
+    results = sf.restful(
+        "composite/sobjects", method="PATCH", json=_opt_out(first, unknown, second, deleted)
+    )
+    assert results == [
+        {"id": first, "success": True, "errors": []},
+        {
+            "success": False,
+            "errors": [
+                {
+                    "statusCode": "INVALID_CROSS_REFERENCE_KEY",
+                    "message": "invalid cross reference id",
+                    "fields": [],
+                }
+            ],
+        },
+        {"id": second, "success": True, "errors": []},
+        {
+            "success": False,
+            "errors": [
+                {"statusCode": "ENTITY_IS_DELETED", "message": "entity is deleted", "fields": []}
+            ],
+        },
+    ]
+    soql = f"SELECT Id, HasOptedOutOfEmail FROM Contact WHERE Id IN ('{first}', '{second}')"
+    assert all(r["HasOptedOutOfEmail"] for r in sf.query(soql)["records"])
+    for contact_id, old in before.items():
+        new = sf.Contact.get(contact_id)
+        assert old["HasOptedOutOfEmail"] is False and new["HasOptedOutOfEmail"] is True
+        assert new["SystemModstamp"] == new["LastModifiedDate"] > old["SystemModstamp"]
+        stamped = datetime.strptime(new["SystemModstamp"], "%Y-%m-%dT%H:%M:%S.%f%z")
+        assert abs(stamped - datetime.now(UTC)) < timedelta(minutes=1)
+        assert (new["LastName"], new["Email"]) == (old["LastName"], old["Email"])
+    assert server.store.get("Contact", deleted)["HasOptedOutOfEmail"] is False
+    assert server.stats()["by_route"]["composite_sobjects_update"] == routed + 1
+
+
+def test_collection_update_fails_bad_records_alone(sf: Salesforce, org: dict) -> None:
+    good, unknown_field, read_only, no_id = _new_contacts(sf, "bad-update", 4)
+    body = _opt_out(good)
+    body["records"] += [
+        *_opt_out(unknown_field, Bogus__c="x")["records"],
+        *_opt_out(read_only, Name="Renamed")["records"],
+        {"attributes": {"type": "Contact"}, "HasOptedOutOfEmail": True},
+        *_opt_out(org["deal"])["records"],  # an Opportunity's Id as a Contact
+        {"id": no_id, "HasOptedOutOfEmail": True},
+    ]
+    results = sf.restful("composite/sobjects", method="PATCH", json=body)
+    assert [r["success"] for r in results] == [True, False, False, False, False, False]
+    errors = [(r["errors"][0]["statusCode"], r["errors"][0]["fields"]) for r in results[1:]]
+    assert errors == [
+        ("INVALID_FIELD", []),
+        ("INVALID_FIELD_FOR_INSERT_UPDATE", ["Name"]),
+        ("MISSING_ARGUMENT", []),
+        ("MALFORMED_ID", ["Id"]),
+        ("INVALID_TYPE", []),
+    ]
+    assert results[1]["errors"][0]["message"] == (
+        "No such column 'Bogus__c' on sobject of type Contact"
+    )
+    assert results[4]["errors"][0]["message"] == (
+        f"Contact ID: id value of incorrect type: {org['deal']}"
+    )
+    opted = {c: sf.Contact.get(c)["HasOptedOutOfEmail"] for c in (good, unknown_field, read_only)}
+    assert opted == {good: True, unknown_field: False, read_only: False}
+    assert sf.Contact.get(no_id)["HasOptedOutOfEmail"] is False
+
+
+def test_collection_update_all_or_none_rolls_everything_back(sf: Salesforce) -> None:
+    first, second = _new_contacts(sf, "aon-update", 2)
+    body = {**_opt_out(first, make_id("003", 10**6), second), "allOrNone": True}
+    results = sf.restful("composite/sobjects", method="PATCH", json=body)
+    assert [r["errors"][0]["statusCode"] for r in results] == [
+        "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+        "INVALID_CROSS_REFERENCE_KEY",
+        "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+    ]
+    assert not any(sf.Contact.get(c)["HasOptedOutOfEmail"] for c in (first, second))
+
+
+def test_collection_update_refuses_more_than_200_records(
+    sf: Salesforce, server: SandboxServer
+) -> None:
+    contacts = [
+        server.store.insert("Contact", {"LastName": f"too-many-updates-{n}"}) for n in range(201)
+    ]
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        sf.restful("composite/sobjects", method="PATCH", json=_opt_out(*contacts))
+    assert refused.value.status == 400
+    assert refused.value.content == [
+        {
+            "message": "record limit reached. cannot submit more than 200 records into this call",
+            "errorCode": "EXCEEDED_ID_LIMIT",
+            "fields": [],
+        }
+    ]
+    assert not any(server.store.get("Contact", c)["HasOptedOutOfEmail"] for c in contacts)
+    results = sf.restful("composite/sobjects", method="PATCH", json=_opt_out(*contacts[:200]))
+    assert [r["id"] for r in results] == contacts[:200] and all(r["success"] for r in results)
 
 
 VALIDATION_CASES = [
@@ -697,6 +900,32 @@ def test_injected_503_with_and_without_the_write(
     assert count_tasks(sf, prefix) == written + 1
 
 
+@pytest.mark.parametrize(
+    ("after_commit", "written"), [(True, True), (False, False)], ids=["after_commit", "before"]
+)
+def test_injected_503_on_a_collection_update_with_and_without_the_write(
+    sf: Salesforce, server: SandboxServer, after_commit: bool, written: bool
+) -> None:
+    [contact] = _new_contacts(sf, f"update-fault-{after_commit}", 1)
+    add_fault(
+        server,
+        method="PATCH",
+        path_contains="/composite/sobjects",
+        status=503,
+        after_commit=after_commit,
+    )
+    injected = server.stats()["faults_injected"]
+    with pytest.raises(SalesforceGeneralError) as failed:
+        sf.restful("composite/sobjects", method="PATCH", json=_opt_out(contact))
+    assert failed.value.status == 503
+    assert failed.value.content[0]["errorCode"] == "SERVER_UNAVAILABLE"
+    assert server.stats()["faults_injected"] == injected + 1
+    assert sf.Contact.get(contact)["HasOptedOutOfEmail"] is written
+    results = sf.restful("composite/sobjects", method="PATCH", json=_opt_out(contact))
+    assert results == [{"id": contact, "success": True, "errors": []}], "the rule is used up"
+    assert sf.Contact.get(contact)["HasOptedOutOfEmail"] is True
+
+
 def test_503_after_commit_on_a_collection_creates_the_records_and_answers_503(
     server: SandboxServer, org: dict
 ) -> None:
@@ -858,6 +1087,53 @@ def test_the_org_has_the_expected_people(sf: Salesforce) -> None:
     )
 
 
+ZONES_OF = {
+    "United States": {
+        "America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles",
+    },
+    "United Kingdom": {"Europe/London"}, "Germany": {"Europe/Berlin"},
+    "France": {"Europe/Paris"}, "Netherlands": {"Europe/Amsterdam"}, "Japan": {"Asia/Tokyo"},
+    "Canada": {"America/Toronto", "America/Vancouver", "America/Edmonton"},
+    "Australia": {
+        "Australia/Sydney", "Australia/Melbourne", "Australia/Brisbane", "Australia/Perth",
+    },
+}  # fmt: skip
+LANGUAGE_OF = {"Germany": "de_DE", "France": "fr_FR", "Netherlands": "nl_NL", "Japan": "ja_JP"}
+
+
+def test_contacts_live_where_clients_do() -> None:
+    store = SandboxStore(":memory:")
+    seed_org(store, deals=1000, today=TODAY)
+    edge_accounts = {
+        d["AccountId"] for d in store.rows("Opportunity") if d["Name"] in EDGE_CASE_DEALS
+    }
+    accounts = {a["Id"]: a for a in store.rows("Account") if a["Id"] not in edge_accounts}
+    contacts = [c for c in store.rows("Contact") if c["AccountId"] in accounts]
+    assert all(c["MailingCountry"] == accounts[c["AccountId"]]["BillingCountry"] for c in contacts)
+    countries = Counter(c["MailingCountry"] for c in contacts)
+    assert set(countries) == set(ZONES_OF)
+    ranked = [country for country, _ in countries.most_common()]
+    assert ranked[0] == "United States" and countries["United States"] > len(contacts) * 0.4
+    assert "United Kingdom" in ranked[1:3]
+
+    zoned = [c for c in contacts if c["Time_Zone__c"]]
+    assert 0.4 < len(zoned) / len(contacts) < 0.6
+    assert all(c["Time_Zone__c"] in ZONES_OF[c["MailingCountry"]] for c in zoned)
+    us_zones = {c["Time_Zone__c"] for c in zoned if c["MailingCountry"] == "United States"}
+    assert us_zones == ZONES_OF["United States"]
+
+    for country, language in LANGUAGE_OF.items():
+        local = [c["Language__c"] for c in contacts if c["MailingCountry"] == country]
+        assert set(local) == {language, None}
+        assert 0.3 < local.count(language) / len(local) < 0.7
+    english = [c for c in contacts if c["MailingCountry"] not in LANGUAGE_OF]
+    assert all(c["Language__c"] is None and c["Greeting_Name__c"] is None for c in english)
+
+    types = Counter(d["Type"] for d in store.rows("Opportunity"))
+    assert types.most_common(1)[0][0] == "New Business"
+    assert types["New Business"] > sum(types.values()) / 2
+
+
 def test_one_account_in_four_is_owned_by_another_ae_than_its_deals() -> None:
     store = SandboxStore(":memory:")
     seed_org(store, deals=400, today=TODAY)
@@ -873,7 +1149,9 @@ def test_one_account_in_four_is_owned_by_another_ae_than_its_deals() -> None:
 
 def _primary(sf: Salesforce, deal_id: str) -> list[dict[str, Any]]:
     soql = (
-        "SELECT Contact.FirstName, Contact.LastName, Contact.Email, Contact.HasOptedOutOfEmail "
+        "SELECT Contact.FirstName, Contact.LastName, Contact.Email, Contact.HasOptedOutOfEmail, "
+        "Contact.MailingCountry, Contact.Time_Zone__c, Contact.Language__c, "
+        "Contact.Greeting_Name__c "
         f"FROM OpportunityContactRole WHERE OpportunityId = '{deal_id}' AND IsPrimary = true"
     )
     return [r["Contact"] for r in sf.query(soql)["records"]]
@@ -892,7 +1170,8 @@ EDGE_CHECKS: list[tuple[str, Callable[[dict[str, Any], list[dict[str, Any]]], bo
     (
         "北京数据科技有限公司 — Unicode names",
         lambda d, p: d["Account"]["Name"] == "北京数据科技有限公司"
-        and (p[0]["FirstName"], p[0]["LastName"]) == ("李", "伟"),
+        and (p[0]["FirstName"], p[0]["LastName"]) == ("伟", "李")
+        and (p[0]["Language__c"], p[0]["MailingCountry"]) == ("zh_CN", "China"),
     ),
     (
         "Hooli — header injection",
@@ -907,6 +1186,45 @@ EDGE_CHECKS: list[tuple[str, Callable[[dict[str, Any], list[dict[str, Any]]], bo
         and all(d[f"Handoff_{k}__c"] for k in ("Situation", "Goals", "Promises", "Objections",
                                                 "Stakeholders", "Risks")),
     ),
+    (
+        "Initrode — existing customer upgrade",
+        lambda d, p: d["Type"] == "Existing Customer - Upgrade"
+        and d["Account"]["Name"] == "Initrode"
+        and (p[0]["FirstName"], p[0]["LastName"], p[0]["Email"])
+        == ("Peter", "Gibbons", "peter.gibbons@initrode.example"),
+    ),
+    (
+        "Cyberdyne Systems — renewal",
+        lambda d, p: d["Type"] == "Renewal"
+        and d["Account"]["Name"] == "Cyberdyne Systems"
+        and p[0]["Email"] == "miles.dyson@cyberdyne.example",
+    ),
+    (
+        "Tanaka Robotics — client in Tokyo",
+        lambda d, p: d["Type"] == "New Business"
+        and (d["Account"]["Name"], d["Account"]["BillingCountry"]) == ("Tanaka Robotics", "Japan")
+        and (p[0]["FirstName"], p[0]["LastName"], p[0]["Email"])
+        == ("陽翔", "田中", "haruto.tanaka@tanaka-robotics.example")
+        and (p[0]["Time_Zone__c"], p[0]["Language__c"], p[0]["MailingCountry"])
+        == ("Asia/Tokyo", "ja_JP", "Japan"),
+    ),
+    (
+        "Sunset Pictures — client in Los Angeles",
+        lambda d, p: d["Account"]["Name"] == "Sunset Pictures"
+        and p[0]["Email"] == "jessica.miller@sunset-pictures.example"
+        and (p[0]["Time_Zone__c"], p[0]["Language__c"], p[0]["MailingCountry"])
+        == ("America/Los_Angeles", None, "United States"),
+    ),
+    (
+        "Weber Maschinenbau — country only, formal greeting",
+        lambda d, p: (d["Account"]["Name"], d["Account"]["BillingCountry"])
+        == ("Weber Maschinenbau GmbH", "Germany")
+        and d["Account"]["Time_Zone__c"] is None
+        and (p[0]["FirstName"], p[0]["LastName"], p[0]["Greeting_Name__c"])
+        == ("Katrin", "Weber", "Frau Dr. Weber")
+        and (p[0]["Time_Zone__c"], p[0]["Language__c"], p[0]["MailingCountry"])
+        == (None, None, "Germany"),
+    ),
 ]  # fmt: skip
 
 
@@ -916,7 +1234,8 @@ def test_named_edge_case_deals(
 ) -> None:
     escaped = name.replace("\\", "\\\\").replace("'", "\\'")
     soql = (
-        "SELECT Id, Name, Amount, IsWon, LastStageChangeDate, Account.Name, Owner.Name, "
+        "SELECT Id, Name, Type, Amount, IsWon, LastStageChangeDate, Account.Name, "
+        "Account.BillingCountry, Account.Time_Zone__c, Owner.Name, "
         "Customer_Success_Manager__r.IsActive, Handoff_Situation__c, Handoff_Goals__c, "
         "Handoff_Promises__c, Handoff_Objections__c, Handoff_Stakeholders__c, Handoff_Risks__c "
         f"FROM Opportunity WHERE Name = '{escaped}'"
@@ -924,7 +1243,9 @@ def test_named_edge_case_deals(
     [deal] = sf.query(soql)["records"]
     assert deal["IsWon"] is True
     assert deal["LastStageChangeDate"].startswith((TODAY - timedelta(days=1)).isoformat())
-    assert check(deal, _primary(sf, deal["Id"]))
+    primary = _primary(sf, deal["Id"])
+    assert check(deal, primary)
+    assert all(c["MailingCountry"] == deal["Account"]["BillingCountry"] for c in primary)
 
 
 def test_edge_case_names_are_exported() -> None:

@@ -111,6 +111,8 @@ def test_a_permanently_refused_client_is_failed_and_the_batch_goes_on(state, set
         "emails_skipped": 0,
         "emails_failed": 1,
         "emails_unconfirmed": 0,
+        "emails_held": 0,
+        "emails_waiting": 0,
     }
     failed = [row for row in state.actions() if row["status"] == ActionStatus.FAILED]
     assert len(failed) == 1
@@ -133,6 +135,8 @@ def test_after_a_crash_only_the_email_handed_to_the_server_is_held(state, settin
         "emails_skipped": 0,
         "emails_failed": 0,
         "emails_unconfirmed": 1,
+        "emails_held": 0,
+        "emails_waiting": 0,
     }
     assert len(smtp_sink.messages) == 2, "the two never attempted went out"
     held = state.actions(dedupe_key=claimed[0].dedupe_key)[0]
@@ -157,6 +161,8 @@ def test_smtp_accepted_then_dropped_before_the_reply_is_never_sent_twice(
         "emails_skipped": 0,
         "emails_failed": 0,
         "emails_unconfirmed": 0,
+        "emails_held": 0,
+        "emails_waiting": 0,
     }
     assert delivered_to(smtp_sink) == sorted(addresses), "each client got exactly one copy"
     message_ids = [mail.message["Message-ID"] for mail in smtp_sink.messages]
@@ -179,7 +185,7 @@ def test_a_template_that_breaks_while_rendering_fails_nothing(state, settings, s
     templates = tmp_path / "templates"
     shutil.copytree(settings.output.templates_dir, templates)
     body = templates / "welcome" / "body.txt.j2"
-    body.write_text(body.read_text().replace("{{ contact_first_name }}", "{{ no_such_variable }}"))
+    body.write_text(body.read_text().replace("{{ company }}", "{{ no_such_variable }}"))
     broken = settings.model_copy(
         update={"output": settings.output.model_copy(update={"templates_dir": templates})}
     )
@@ -228,6 +234,8 @@ def test_a_stale_claim_from_another_worker_waits_for_its_lease(state, settings, 
         "emails_skipped": 0,
         "emails_failed": 0,
         "emails_unconfirmed": 0,
+        "emails_held": 0,
+        "emails_waiting": 0,
     }
     # Once the other worker's lease has expired: the attempted row is held for a person to
     # check, the one it never attempted goes out.

@@ -136,18 +136,15 @@ def test_null_amount_is_recorded_as_an_issue(settings):
     assert [(i.field, i.code) for i in issues] == [("Amount", "missing_amount")]
 
 
-def test_a_line_break_in_a_name_never_reaches_a_header(settings):
+def test_a_line_break_in_a_name_holds_the_clients_mail_and_never_reaches_a_header(settings):
     contact = replace(CONTACT, first_name="Gavin\r\nBcc: attacker@evil.example")
     steps, issues = day_zero(make_deal(primary_contact=contact), settings)
-    welcome = steps[WELCOME_EMAIL].payload
-    assert welcome["to"]["name"] == "Gavin Bcc: attacker@evil.example Lovelace"
-    assert welcome["context"]["contact_first_name"] == "Gavin Bcc: attacker@evil.example"
-    # Every field that carried the problem is recorded, not only the first of its kind.
-    assert {(i.field, i.code) for i in issues} == {
-        ("Contact.FirstName", "control_characters"),
-        ("Contact.Name", "control_characters"),
-    }
-    assert all("\n" not in i.reason for i in issues)
+    welcome = steps[WELCOME_EMAIL]
+    assert welcome.status == ActionStatus.HELD and welcome.payload == {}
+    assert "Contact.FirstName" in welcome.reason and "Bcc" in welcome.reason
+    assert [(i.field, i.code) for i in welcome.issues] == [("Contact.FirstName", "injected_name")]
+    assert {(i.field, i.code) for i in issues} == {("Contact.FirstName", "control_characters")}
+    assert all("\n" not in i.reason for i in [*issues, *welcome.issues])
 
 
 def test_inactive_rep_is_not_copied(settings):
@@ -163,7 +160,8 @@ def test_an_inactive_csm_counts_as_missing_for_the_client_and_the_tasks(settings
     assert steps[FIRST_CS_CONTACT].payload["owner_id"] == REP.id
     assert steps[HANDOFF_MEETING].payload["owner_id"] == REP.id
     welcome = steps[WELCOME_EMAIL].payload
-    assert welcome["context"]["csm_name"] is None, "never introduced to the client"
+    assert welcome["context"]["csm_is_team"], "never introduced to the client"
+    assert CSM.name not in repr(welcome)
     assert [cc["email"] for cc in welcome["cc"]] == [REP.email]
     [issue] = issues
     assert (issue.field, issue.code) == ("Customer_Success_Manager__c", "inactive_csm")
@@ -188,7 +186,7 @@ def test_a_csm_address_with_a_line_break_is_reported_by_field(settings):
     assert issue.reason.startswith("deal 006000000000001AAA (")
     welcome = steps[WELCOME_EMAIL].payload
     assert [cc["email"] for cc in welcome["cc"]] == [REP.email]
-    assert welcome["context"]["csm_email"] is None
+    assert welcome["context"]["csm_email"] == "success@handoff-demo.example"  # the team
     assert steps[FIRST_CS_CONTACT].payload["owner_id"] == CSM.id, "still owns tasks"
 
 
@@ -199,7 +197,7 @@ def test_bidirectional_marks_never_reach_the_client_or_a_task_subject(settings):
     text = repr(steps[WELCOME_EMAIL].payload) + steps[FIRST_CS_CONTACT].payload["subject"]
     assert not any(mark in text for mark in ("\u202e", "\u202c", "\u2066"))
     assert steps[WELCOME_EMAIL].payload["context"]["account_name"] == "Acme gnp.exe Corp"
-    assert {i.field for i in issues} == {"Account.Name", "Contact.FirstName", "Contact.Name"}
+    assert {i.field for i in issues} == {"Account.Name", "Contact.FirstName"}
 
 
 def test_a_negative_amount_is_reported_and_treated_as_not_set(settings):

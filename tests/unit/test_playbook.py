@@ -38,7 +38,7 @@ def test_the_full_playbook_is_the_framework_table():
     assert by_id["executive_sponsor_checkin"].conditions.enterprise is True
     assert by_id["internal_handoff_meeting"].conditions.amount_at_least == 50000
     assert by_id["referral_ask_email"].conditions.after == "formal_review_email"
-    assert [(label, d.days) for label, d in playbook.timeline_milestones()] == [
+    assert [(step.timeline, d.days) for step, d in playbook.timeline_milestones()] == [
         ("Kickoff call", 5),
         ("First visible win", 14),
         ("30-day success review", 30),

@@ -40,6 +40,9 @@ DEAL_COLUMNS = [
     "account_owner_email",
     "account_owner_active",
 ]
+# Org-specific columns the field map may leave unread (then None): the deal's type and where
+# the client's company is.
+OPTIONAL_DEAL_COLUMNS = ["deal_type", "account_time_zone", "account_country"]
 
 
 class CrmError(HandoffError):
@@ -81,6 +84,10 @@ class CrmClient(Protocol):
 
     def primary_contacts(self, deal_ids: Sequence[str]) -> dict[str, Contact]:
         """The primary contact of each deal that has one."""
+
+    def set_email_opt_out(self, contact_ids: Sequence[str]) -> list[WriteResult]:
+        """Record in the CRM that these contacts unsubscribed; one result per contact, in order
+        (``dedupe_key`` holds the contact id)."""
 
     def users_by_email(self, emails: Sequence[str]) -> dict[str, Person]:
         """CRM users with these addresses, keyed by lower-cased email (active ones first)."""

@@ -31,6 +31,7 @@ from simple_salesforce.exceptions import SalesforceError
 from handoff.config import Settings
 from handoff.crm.base import (
     DEAL_COLUMNS,
+    OPTIONAL_DEAL_COLUMNS,
     CrmError,
     CrmFatalError,
     CrmUnavailable,
@@ -66,8 +67,12 @@ class SalesforceCRM:
         csm_field: str,
         handoff_fields: dict[str, str],
         task_key_field: str | None = None,
+        deal_type_field: str = "",
+        client_fields: dict[str, str] | None = None,
     ) -> None:
         self.client = client
+        self.deal_type_field = deal_type_field
+        self.client_fields = {k: v for k, v in (client_fields or {}).items() if v}
         self.csm_field = csm_field
         self.csm_relationship = csm_field.removesuffix("__c") + "__r"
         self.handoff_fields = dict(handoff_fields)
@@ -82,6 +87,8 @@ class SalesforceCRM:
             csm_field=org.csm_field,
             handoff_fields=org.handoff_fields.model_dump(),
             task_key_field=org.task_key_field,
+            deal_type_field=org.deal_type_field,
+            client_fields=org.client_fields.model_dump(),
         )
 
     @property
@@ -128,6 +135,7 @@ class SalesforceCRM:
             f"{csm}.Email",
             f"{csm}.IsActive",
             *self.handoff_fields.values(),
+            *self._optional_deal_fields(),
         ]
         where = f"SystemModstamp < {soql_datetime(until)}"
         if since is not None:
@@ -136,6 +144,15 @@ class SalesforceCRM:
             f"SELECT {', '.join(fields)} FROM Opportunity WHERE {where} "
             "ORDER BY SystemModstamp ASC, Id ASC"
         )
+
+    def _optional_deal_fields(self) -> dict[str, str]:
+        """Org-specific deal fields that the field map names: ``{soql path: column}``."""
+        paths = {
+            self.deal_type_field: "deal_type",
+            f"Account.{self.client_fields.get('account_time_zone', '')}": "account_time_zone",
+            f"Account.{self.client_fields.get('account_country', '')}": "account_country",
+        }
+        return {path: column for path, column in paths.items() if path and path != "Account."}
 
     def iter_changed_deals(self, since: datetime | None, until: datetime) -> Iterator[pd.DataFrame]:
         soql = self.deals_soql(since, until)
@@ -189,6 +206,7 @@ class SalesforceCRM:
             f"{csm}.Email": "csm_email",
             f"{csm}.IsActive": "csm_active",
         }
+        rename.update(self._optional_deal_fields())
         rename.update({field: f"doc_{key}" for key, field in self.handoff_fields.items()})
         frame = flat.reindex(columns=list(rename)).rename(columns=rename)
         frame = frame.astype(object).where(frame.notna(), None)
@@ -203,28 +221,78 @@ class SalesforceCRM:
         frame["close_date"] = close_day.dt.date
         frame = frame.drop(columns=["stage_changed_at"])
         doc_columns = [f"doc_{key}" for key in self.handoff_fields]
-        return frame[DEAL_COLUMNS + doc_columns]
+        for column in OPTIONAL_DEAL_COLUMNS:
+            if column not in frame:
+                frame[column] = None
+        return frame[DEAL_COLUMNS + OPTIONAL_DEAL_COLUMNS + doc_columns]
 
     def primary_contacts(self, deal_ids: Sequence[str]) -> dict[str, Contact]:
         contacts: dict[str, Contact] = {}
         for chunk in chunked([_checked_id(i) for i in deal_ids], IN_CLAUSE_CHUNK):
             ids = ", ".join(f"'{deal_id}'" for deal_id in chunk)
+            extra = "".join(f", Contact.{field}" for field in self._contact_fields().values())
             soql = (
                 "SELECT OpportunityId, ContactId, Contact.FirstName, Contact.LastName, "
-                "Contact.Email, Contact.HasOptedOutOfEmail FROM OpportunityContactRole "
+                f"Contact.Email, Contact.HasOptedOutOfEmail{extra} FROM OpportunityContactRole "
                 f"WHERE IsPrimary = true AND OpportunityId IN ({ids})"
             )
             for records in self._pages(soql, include_deleted=False):
                 for record in records:
                     person = record.get("Contact") or {}
+                    located = {
+                        key: _text(person.get(field))
+                        for key, field in self._contact_fields().items()
+                    }
                     contacts[record["OpportunityId"]] = Contact(
                         id=record["ContactId"],
                         first_name=person.get("FirstName"),
                         last_name=person.get("LastName"),
                         email=person.get("Email"),
                         opted_out=bool(person.get("HasOptedOutOfEmail")),
+                        **located,
                     )
         return contacts
+
+    def _contact_fields(self) -> dict[str, str]:
+        """``{Contact attribute: field}`` for the contact fields the field map names."""
+        names = {
+            "time_zone": "contact_time_zone",
+            "country": "contact_country",
+            "locale": "contact_locale",
+            "salutation": "salutation",
+        }
+        return {
+            attr: self.client_fields[key]
+            for attr, key in names.items()
+            if key in self.client_fields
+        }
+
+    def set_email_opt_out(self, contact_ids: Sequence[str]) -> list[WriteResult]:
+        """Mark contacts as opted out of email (``HasOptedOutOfEmail``), 200 a call.
+
+        Setting a flag to true twice is harmless, so a lost answer is simply tried again.
+        """
+        results: list[WriteResult] = []
+        for chunk in chunked([_checked_id(i) for i in contact_ids], COLLECTION_LIMIT):
+            body = {
+                "allOrNone": False,
+                "records": [
+                    {"attributes": {"type": "Contact"}, "id": cid, "HasOptedOutOfEmail": True}
+                    for cid in chunk
+                ],
+            }
+            answers = self._call(
+                "an update of contacts' email opt-out",
+                lambda body=body: self.client.restful(
+                    "composite/sobjects", method="PATCH", json=body
+                ),
+            )
+            for cid, answer in zip(chunk, answers, strict=True):
+                errors = "; ".join(
+                    f"{e.get('statusCode')}: {e.get('message')}" for e in answer.get("errors") or []
+                )
+                results.append(WriteResult(cid, bool(answer.get("success")), cid, errors or None))
+        return results
 
     def users_by_email(self, emails: Sequence[str]) -> dict[str, Person]:
         """CRM users by email (lower-cased), e.g. the configured executive who owns tasks."""
@@ -355,6 +423,12 @@ def key_in_description(description: str) -> str | None:
     if lines and lines[-1].startswith(KEY_LINE):
         return lines[-1][len(KEY_LINE) :].strip() or None
     return None
+
+
+def _text(value: Any) -> str | None:
+    """A field's value as stripped text, None when empty."""
+    text = str(value).strip() if value is not None else ""
+    return text or None
 
 
 def soql_datetime(value: datetime) -> str:

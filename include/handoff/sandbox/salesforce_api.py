@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
@@ -377,7 +377,10 @@ class SalesforceApi:
                 ("DELETE", "delete", self._delete),
             ]
         elif parts == ["composite", "sobjects"]:
-            table = [("POST", "composite_sobjects", self._composite_create)]
+            table = [
+                ("POST", "composite_sobjects", self._composite_create),
+                ("PATCH", "composite_sobjects_update", self._composite_update),
+            ]
         elif parts == ["limits"]:
             table = [("GET", "limits", self._limits)]
         if not table:
@@ -564,6 +567,17 @@ class SalesforceApi:
         return _Answer(204)
 
     def _composite_create(self, request: Request, body: bytes) -> _Answer:
+        return self._collection(body, self._create_one)
+
+    def _composite_update(self, request: Request, body: bytes) -> _Answer:
+        return self._collection(body, self._update_one)
+
+    def _collection(self, body: bytes, write_one: Callable[[Any], dict[str, Any]]) -> _Answer:
+        """An sObject Collections write: up to 200 records, one result each, in input order.
+
+        Creates and updates share the envelope, the limit and the all-or-none rollback,
+        as they do in Salesforce; only the per-record write differs.
+        """
         payload = self._json(body)
         if not isinstance(payload, dict) or not isinstance(payload.get("records"), list):
             return _error(400, "JSON_PARSER_ERROR", 'Expected {"allOrNone": ..., "records": [...]}')
@@ -576,7 +590,7 @@ class SalesforceApi:
         try:
             with self.store.transaction():
                 for record in records:
-                    results.append(self._create_one(record))
+                    results.append(write_one(record))
                 if all_or_none and not all(r["success"] for r in results):
                     raise _Rollback
         except _Rollback:
@@ -586,7 +600,8 @@ class SalesforceApi:
             ]
         return _Answer(200, results)
 
-    def _create_one(self, record: Any) -> dict[str, Any]:
+    def _record_type(self, record: Any) -> SObjectDef | dict[str, Any]:
+        """The sObject a collection record names in ``attributes.type``, or its failed result."""
         if not isinstance(record, dict):
             errors = [_record_error("JSON_PARSER_ERROR", "Each record must be a JSON object")]
             return {"success": False, "errors": errors}
@@ -600,11 +615,44 @@ class SalesforceApi:
                 else "Must send a concrete entity type."
             )
             return {"success": False, "errors": [_record_error("INVALID_TYPE", message)]}
+        return sdef
+
+    def _create_one(self, record: Any) -> dict[str, Any]:
+        sdef = self._record_type(record)
+        if isinstance(sdef, dict):
+            return sdef
         with self.store.transaction():
             values, errors = validate_record(self.store, sdef, record)
             if errors:
                 return {"success": False, "errors": errors}
             record_id = self.store.insert(sdef.name, values)
+        return {"id": record_id, "success": True, "errors": []}
+
+    def _update_one(self, record: Any) -> dict[str, Any]:
+        """Update one collection record by its ``id``, failing it the way Salesforce does."""
+        sdef = self._record_type(record)
+        if isinstance(sdef, dict):
+            return sdef
+        raw_id = next((value for key, value in record.items() if key.lower() == "id"), None)
+        if raw_id in (None, ""):
+            error = _record_error("MISSING_ARGUMENT", "Id not specified in an update call")
+            return {"success": False, "errors": [error]}
+        record_id = normalize_id(raw_id) if isinstance(raw_id, str) else None
+        if record_id is None or record_id[:3] != sdef.key_prefix:
+            message = f"{sdef.label} ID: id value of incorrect type: {raw_id}"
+            return {"success": False, "errors": [_record_error("MALFORMED_ID", message, ["Id"])]}
+        with self.store.transaction():
+            existing = self.store.get(sdef.name, record_id)
+            if existing is None:
+                error = _record_error("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")
+                return {"success": False, "errors": [error]}
+            if existing["IsDeleted"]:
+                error = _record_error("ENTITY_IS_DELETED", "entity is deleted")
+                return {"success": False, "errors": [error]}
+            values, errors = validate_record(self.store, sdef, record, existing=existing)
+            if errors:
+                return {"success": False, "errors": errors}
+            self.store.update(sdef.name, record_id, values)
         return {"id": record_id, "success": True, "errors": []}
 
 

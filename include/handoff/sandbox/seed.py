@@ -1,11 +1,15 @@
 """A deterministic, realistic demo org for the sandbox CRM.
 
 Same (seed, deals, today) and options give the same rows, Ids included, so demos
-and tests are reproducible; nothing reads the wall clock. Besides ordinary pipeline
-the org always holds named edge-case deals (missing contact, bad email, opted out,
-HTML, non-Latin names, header injection, no owner, no amount, inactive CSM) and a
-group of recent wins sharing one SystemModstamp, so every branch of the handoff flow
-and the connector's tie handling show up in a demo.
+and tests are reproducible; nothing reads the wall clock. Contacts live where clients
+do (mostly the United States, then Europe, Canada, Australia, Japan), about half with
+a time zone and, outside English-speaking countries, about half with a language.
+Besides ordinary pipeline the org always holds named edge-case deals (missing contact,
+bad email, opted out, HTML, a Chinese name in Salesforce's field order, header
+injection, no owner, no amount, inactive CSM, an existing-customer upgrade, a renewal,
+clients in Tokyo and Los Angeles, a German client known only by country with a formal
+greeting) and a group of recent wins sharing one SystemModstamp, so every branch of the
+handoff flow and the connector's tie handling show up in a demo.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import logging
 import random
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from itertools import accumulate
 from typing import Any
 
 from handoff.sandbox.store import HANDOFF_FIELDS, BulkInserter, SandboxStore
@@ -62,10 +67,34 @@ _COMPANY_QUALIFIERS = (
 _COMPANY_COMBINATIONS = (
     len(_COMPANY_STEMS) * len(_COMPANY_KINDS) * len(dict.fromkeys(_LEGAL_SUFFIXES))
 )
+# Drawn but no longer used: the draw keeps the random stream as it was (see _seed).
 _COUNTRIES = (
     "United States", "Germany", "United Kingdom", "France", "Netherlands", "Canada",
     "Australia", "Sweden", "Spain", "Japan",
 )  # fmt: skip
+# Where clients are, by weight: (country, weight, the zones its clients live in).
+_CLIENT_COUNTRIES = (
+    ("United States", 52, ("America/New_York",) * 4 + ("America/Chicago",) * 3
+     + ("America/Denver",) + ("America/Los_Angeles",) * 2),
+    ("United Kingdom", 12, ("Europe/London",)),
+    ("Germany", 9, ("Europe/Berlin",)),
+    ("France", 7, ("Europe/Paris",)),
+    ("Canada", 7, ("America/Toronto",) * 3 + ("America/Vancouver",) + ("America/Edmonton",)),
+    ("Australia", 5, ("Australia/Sydney",) * 2 + ("Australia/Melbourne",) * 2
+     + ("Australia/Brisbane",) + ("Australia/Perth",)),
+    ("Netherlands", 4, ("Europe/Amsterdam",)),
+    ("Japan", 4, ("Asia/Tokyo",)),
+)  # fmt: skip
+_COUNTRY_NAMES = tuple(country for country, _, _ in _CLIENT_COUNTRIES)
+_COUNTRY_CUM_WEIGHTS = tuple(accumulate(weight for _, weight, _ in _CLIENT_COUNTRIES))
+_COUNTRY_ZONES = {country: zones for country, _, zones in _CLIENT_COUNTRIES}
+# The locale a client outside the English-speaking countries may have set.
+_COUNTRY_LANGUAGES = {
+    "Germany": "de_DE",
+    "France": "fr_FR",
+    "Netherlands": "nl_NL",
+    "Japan": "ja_JP",
+}
 _CONTACT_TITLES = (
     "VP Operations", "Head of IT", "Chief Financial Officer", "Director of Customer Experience",
     "Procurement Manager", "Chief Technology Officer", "Operations Manager", "Head of Data",
@@ -123,6 +152,9 @@ class _EdgePerson:
     email: str | None
     opted_out: bool = False
     title: str = "Head of Operations"
+    time_zone: str | None = None
+    language: str | None = None
+    greeting: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +169,7 @@ class _EdgeDeal:
     amount: float | None = None
     random_amount: bool = True
     inactive_csm: bool = False
+    deal_type: str = "New Business"
 
 
 EDGE_CASES: tuple[_EdgeDeal, ...] = (
@@ -181,7 +214,13 @@ EDGE_CASES: tuple[_EdgeDeal, ...] = (
     _EdgeDeal(
         "北京数据科技有限公司 — Unicode names",
         "北京数据科技有限公司",
-        (_EdgePerson("李", "伟", "li.wei@beijing-data.example", title="技术总监"),),
+        # Li Wei as Salesforce stores him: the given name in FirstName, the family name in
+        # LastName, whatever order his name is written in.
+        (
+            _EdgePerson(
+                "伟", "李", "li.wei@beijing-data.example", title="技术总监", language="zh_CN"
+            ),
+        ),
         country="China",
     ),
     _EdgeDeal(
@@ -224,6 +263,63 @@ EDGE_CASES: tuple[_EdgeDeal, ...] = (
         amount=250000.0,
         random_amount=False,
     ),
+    _EdgeDeal(
+        "Initrode — existing customer upgrade",
+        "Initrode",
+        (_EdgePerson("Peter", "Gibbons", "peter.gibbons@initrode.example", title="IT Director"),),
+        deal_type="Existing Customer - Upgrade",
+    ),
+    _EdgeDeal(
+        "Cyberdyne Systems — renewal",
+        "Cyberdyne Systems",
+        (_EdgePerson("Miles", "Dyson", "miles.dyson@cyberdyne.example", title="VP Engineering"),),
+        deal_type="Renewal",
+    ),
+    _EdgeDeal(
+        "Tanaka Robotics — client in Tokyo",
+        "Tanaka Robotics",
+        (
+            _EdgePerson(
+                "陽翔",
+                "田中",
+                "haruto.tanaka@tanaka-robotics.example",
+                title="製造部長",
+                time_zone="Asia/Tokyo",
+                language="ja_JP",
+            ),
+        ),
+        country="Japan",
+        industry="Electronics",
+    ),
+    _EdgeDeal(
+        "Sunset Pictures — client in Los Angeles",
+        "Sunset Pictures",
+        (
+            _EdgePerson(
+                "Jessica",
+                "Miller",
+                "jessica.miller@sunset-pictures.example",
+                title="VP Production",
+                time_zone="America/Los_Angeles",
+            ),
+        ),
+        industry="Entertainment",
+    ),
+    _EdgeDeal(
+        "Weber Maschinenbau — country only, formal greeting",
+        "Weber Maschinenbau GmbH",
+        (
+            _EdgePerson(
+                "Katrin",
+                "Weber",
+                "katrin.weber@weber-maschinenbau.example",
+                title="Geschäftsführerin",
+                greeting="Frau Dr. Weber",
+            ),
+        ),
+        country="Germany",
+        industry="Manufacturing",
+    ),
 )
 EDGE_CASE_DEALS: tuple[str, ...] = tuple(edge.deal for edge in EDGE_CASES)
 
@@ -241,9 +337,12 @@ def _company_qualifier(round_number: int) -> str:
 
 
 class _Seeder:
-    def __init__(self, inserter: BulkInserter, rng: random.Random, today: date) -> None:
+    def __init__(
+        self, inserter: BulkInserter, rng: random.Random, place_rng: random.Random, today: date
+    ) -> None:
         self.inserter = inserter
         self.rng = rng
+        self.place_rng = place_rng
         self.today = today
         self.midnight = datetime.combine(today, time(0), tzinfo=UTC)
         self.counts: dict[str, int] = {}
@@ -353,6 +452,23 @@ class _Seeder:
             self.rng.shuffle(self.qualified_companies)
         return self.qualified_companies.pop()
 
+    def client_country(self) -> str:
+        """A client's country, in the mix a company selling from the US has."""
+        return self.place_rng.choices(_COUNTRY_NAMES, cum_weights=_COUNTRY_CUM_WEIGHTS)[0]
+
+    def client_place(self, country: str) -> dict[str, str]:
+        """A contact's country; about half have a zone, and a language where it isn't English.
+
+        Half, as in real orgs: a client's zone or language is often never filled in.
+        """
+        rng = self.place_rng
+        place = {"MailingCountry": country}
+        if rng.random() < 0.5:
+            place["Time_Zone__c"] = rng.choice(_COUNTRY_ZONES[country])
+        if rng.random() < 0.5 and country in _COUNTRY_LANGUAGES:
+            place["Language__c"] = _COUNTRY_LANGUAGES[country]
+        return place
+
     def account(
         self, name: str, industry: str, country: str, owner: str | None
     ) -> tuple[str, datetime]:
@@ -375,6 +491,7 @@ class _Seeder:
         email: str | None,
         title: str,
         opted_out: bool,
+        place: Mapping[str, str | None],
     ) -> str:
         return self.insert(
             "Contact",
@@ -386,6 +503,7 @@ class _Seeder:
                 "Title": title,
                 "HasOptedOutOfEmail": opted_out,
                 "OwnerId": owner,
+                **place,
             },
             created + timedelta(hours=self.rng.randint(1, 72)),
         )
@@ -465,6 +583,7 @@ class _AccountInfo:
     owner: str | None
     seller: str | None  # the AE who owns the account's deals
     created: datetime
+    country: str
     contacts: list[tuple[str, str, str, bool]]  # (id, full name, title, usable for mail)
 
 
@@ -494,8 +613,11 @@ def seed_org(
     if not 0 <= recent_share <= 1:
         raise ValueError("recent_share must be between 0 and 1")
     rng = random.Random(seed)
+    # Where clients are comes from a stream of its own, so adding it left every other
+    # record of a seed as it was.
+    place_rng = random.Random(f"client-place-{seed}")
     with store.bulk_insert() as inserter:
-        seeder = _Seeder(inserter, rng, today)
+        seeder = _Seeder(inserter, rng, place_rng, today)
         summary = _seed(seeder, deals, onboarding_days, recent_share)
     log.info("Seeded sandbox org: %s", summary)
     return summary
@@ -512,8 +634,10 @@ def _seed(s: _Seeder, deals: int, onboarding_days: int, recent_share: float) -> 
         # Every fourth account is owned by another AE than the one who sells to it, so
         # the account owner and the deal owner are not always the same person.
         seller = aes[(aes.index(owner) + 1) % len(aes)] if index % 4 == 3 else owner
-        account_id, created = s.account(name, industry, rng.choice(_COUNTRIES), owner)
-        info = _AccountInfo(account_id, name, industry, owner, seller, created, [])
+        rng.choice(_COUNTRIES)  # the country's former draw, kept so the rest of a seed is as it was
+        country = s.client_country()
+        account_id, created = s.account(name, industry, country, owner)
+        info = _AccountInfo(account_id, name, industry, owner, seller, created, country, [])
         domain = _ascii_slug(name.removesuffix(" Inc.").removesuffix(" GmbH")) + ".example"
         for _ in range(rng.randint(1, 3)):
             first, last = s.person_name()
@@ -523,6 +647,7 @@ def _seed(s: _Seeder, deals: int, onboarding_days: int, recent_share: float) -> 
             contact_id = s.contact(
                 account_id, owner, created,
                 first=first, last=last, email=email, title=title, opted_out=opted_out,
+                place=s.client_place(country),
             )  # fmt: skip
             info.contacts.append((contact_id, f"{first} {last}", title, not opted_out))
         accounts.append(info)
@@ -593,6 +718,7 @@ def _seed(s: _Seeder, deals: int, onboarding_days: int, recent_share: float) -> 
                 account.id, account.owner, account.created,
                 first=first, last=last, title="Operations Manager", opted_out=False,
                 email=f"{_ascii_slug(first, '.')}.{_ascii_slug(last, '.')}@example.org",
+                place=s.client_place(account.country),
             )  # fmt: skip
             account.contacts.append((contact_id, f"{first} {last}", "Operations Manager", True))
             usable = [account.contacts[-1]]
@@ -647,6 +773,12 @@ def _seed_edge_case(
             email=person.email,
             title=person.title,
             opted_out=person.opted_out,
+            place={
+                "MailingCountry": edge.country,
+                "Time_Zone__c": person.time_zone,
+                "Language__c": person.language,
+                "Greeting_Name__c": person.greeting,
+            },
         )  # fmt: skip
         for person in edge.people
     ]
@@ -659,7 +791,7 @@ def _seed_edge_case(
         "Name": edge.deal,
         "AccountId": account_id,
         "OwnerId": owner if edge.has_owner else None,
-        "Type": "New Business",
+        "Type": edge.deal_type,
         "Amount": amount,
         "StageName": "Closed Won",
         "CloseDate": changed.date(),

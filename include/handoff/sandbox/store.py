@@ -60,11 +60,16 @@ class SObjectDef:
     fields: tuple[FieldDef, ...]
     by_lower: dict[str, FieldDef] = field(init=False, repr=False, compare=False)
     by_relationship: dict[str, FieldDef] = field(init=False, repr=False, compare=False)
+    names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    defaults: tuple[FieldDef, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_lower", {f.name.lower(): f for f in self.fields})
         relationships = {f.relationship_name.lower(): f for f in self.fields if f.relationship_name}
         object.__setattr__(self, "by_relationship", relationships)
+        # Looked up once here: seeding a large org builds a million rows from them.
+        object.__setattr__(self, "names", tuple(f.name for f in self.fields))
+        object.__setattr__(self, "defaults", tuple(f for f in self.fields if f.default is not None))
 
     def field(self, name: str) -> FieldDef | None:
         """Look a field up case-insensitively, as Salesforce does."""
@@ -122,7 +127,7 @@ STAGES = (
 )  # fmt: skip
 _OPPORTUNITY_TYPES = (
     "New Business", "Existing Customer - Upgrade", "Existing Customer - Replacement",
-    "Existing Customer - Downgrade",
+    "Existing Customer - Downgrade", "Renewal",
 )  # fmt: skip
 _CONTACT_ROLES = (
     "Business User", "Decision Maker", "Economic Buyer", "Economic Decision Maker",
@@ -162,6 +167,7 @@ SOBJECTS: dict[str, SObjectDef] = {
             _f("Name", "string", label="Account Name", length=255, required=True),
             _f("Industry", "picklist", length=255, picklist_values=_INDUSTRIES),
             _f("BillingCountry", "string", length=80),
+            _f("Time_Zone__c", "string", label="Time Zone", length=40),
             _ref("OwnerId", "User", "Owner"),
         ),
         _sobject(
@@ -173,6 +179,12 @@ SOBJECTS: dict[str, SObjectDef] = {
             _f("Email", "string", length=80),
             _f("Title", "string", length=128),
             _f("HasOptedOutOfEmail", "boolean", label="Email Opt Out"),
+            # Where the client is and how to greet them, as orgs commonly add it: an IANA
+            # zone ("Asia/Tokyo"), a locale ("ja_JP") and the greeting they asked for.
+            _f("MailingCountry", "string", length=80),
+            _f("Time_Zone__c", "string", label="Time Zone", length=40),
+            _f("Language__c", "string", label="Language", length=20),
+            _f("Greeting_Name__c", "string", label="Greeting Name", length=80),
             _ref("OwnerId", "User", "Owner"),
         ),
         _sobject(
@@ -489,8 +501,8 @@ class SandboxStore:
         """The storage columns of a record to insert: defaults, derived and system fields."""
         stamp = format_datetime(modstamp or datetime.now(UTC))
         columns = self._columns(sdef, fields)
-        for fdef in sdef.fields:
-            if fdef.name not in columns and fdef.default is not None:
+        for fdef in sdef.defaults:
+            if fdef.name not in columns:
                 columns[fdef.name] = to_storage(fdef, fdef.default)
         self._derive(sdef, columns, {}, stamp)
         columns.setdefault("CreatedDate", stamp)
@@ -643,7 +655,7 @@ class BulkInserter:
         record_id = make_id(sdef.key_prefix, self._counters[sdef.name])
         columns["Id"] = record_id
         pending = self._pending.setdefault(sdef.name, [])
-        pending.append(tuple(columns.get(f.name) for f in sdef.fields))
+        pending.append(tuple(map(columns.get, sdef.names)))
         if len(pending) >= self._batch_size:
             self._write(sdef.name)
         return record_id

@@ -165,3 +165,31 @@ run_steps = Table(
     Column("attempts", Integer, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
 )
+
+# The keyed token each promotional email carries, and whom it stands for: the unsubscribe
+# endpoint looks the token up, so no CRM id or address ever appears in a link.
+unsubscribe_tokens = Table(
+    "handoff_unsubscribe_tokens",
+    metadata,
+    Column("token", String(64), primary_key=True),
+    Column("source", String(32), nullable=False),
+    Column("deal_id", String(64), nullable=False),
+    Column("contact_id", String(64), nullable=False),
+    Column("email", String(320), nullable=False),
+    Column("step", String(64), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+# Contacts who unsubscribed: their promotional steps stop at once; the CRM's opt-out field is
+# written on the next run (crm_written_at), retried until it is.
+opt_outs = Table(
+    "handoff_opt_outs",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("contact_id", String(64), primary_key=True),
+    Column("email", String(320), nullable=False),
+    Column("opted_out_at", UtcDateTime, nullable=False),
+    Column("crm_written_at", UtcDateTime, nullable=True),
+    Column("crm_error", Text, nullable=True),
+    Index("ix_handoff_opt_outs_unwritten", "source", "crm_written_at"),
+)

@@ -18,6 +18,7 @@ Exactly-once rests on three rules kept here:
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -46,15 +47,18 @@ from handoff.state.schema import (
     deal_issues,
     deals,
     onboarding,
+    opt_outs,
     outbox,
     run_steps,
     store_meta,
+    unsubscribe_tokens,
     watermarks,
 )
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+INSTALLATION = "installation_id"
 TRY_MARK = "#"  # worker ids are "<task instance>#<try>": tries of one instance replace each other
 
 
@@ -895,8 +899,141 @@ class StateStore:
         """No action was ever planned here and no one declared this store a new start."""
         with self.engine.connect() as conn:
             planned = conn.execute(select(outbox.c.id).limit(1)).first()
-            declared = conn.execute(select(store_meta.c.name).limit(1)).first()
+            declared = conn.execute(
+                select(store_meta.c.name).where(store_meta.c.name != INSTALLATION).limit(1)
+            ).first()
         return planned is None and declared is None
+
+    def installation_id(self) -> str:
+        """A random id made once per state store: it keeps Message-IDs and tokens of two
+        installations (production, staging, a laptop) apart while staying stable in each."""
+        stmt = self._insert(store_meta).values(
+            name=INSTALLATION, value=secrets.token_hex(16), updated_at=utcnow()
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt.on_conflict_do_nothing(index_elements=[store_meta.c.name]))
+        value = self.get_meta(INSTALLATION)
+        assert value is not None
+        return value
+
+    # -- waiting for the client's business hours -----------------------------------------------
+
+    def defer(
+        self,
+        dedupe_key: str,
+        worker: str,
+        due_at: datetime,
+        not_after: datetime | None,
+        reason: str,
+    ) -> bool:
+        """Put a claimed row back to wait until ``due_at``: same key, same row, nothing lost.
+
+        The lateness limit moves with it, so a wait the sending window imposes never makes a
+        step count as late.
+        """
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(outbox)
+                .where(outbox.c.dedupe_key == dedupe_key, self._held_by(worker))
+                .values(
+                    status=ActionStatus.PENDING,
+                    claimed_by=None,
+                    claimed_at=None,
+                    attempted_at=None,
+                    due_at=due_at,
+                    not_after=not_after,
+                    reason=reason,
+                    updated_at=utcnow(),
+                )
+            )
+        return result.rowcount == 1
+
+    # -- unsubscribes --------------------------------------------------------------------------
+
+    def remember_token(
+        self, token: str, source: str, deal_id: str, contact_id: str, email: str, step: str
+    ) -> None:
+        """Keep whom a promotional email's unsubscribe token stands for (before it is sent)."""
+        stmt = self._insert(unsubscribe_tokens).values(
+            token=token,
+            source=source,
+            deal_id=deal_id,
+            contact_id=contact_id,
+            email=email,
+            step=step,
+            created_at=utcnow(),
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt.on_conflict_do_nothing(index_elements=[unsubscribe_tokens.c.token]))
+
+    def token_owner(self, token: str) -> dict[str, Any] | None:
+        """Whom an unsubscribe token stands for, or None."""
+        with self.engine.connect() as conn:
+            found = (
+                conn.execute(select(unsubscribe_tokens).where(unsubscribe_tokens.c.token == token))
+                .mappings()
+                .first()
+            )
+        return dict(found) if found else None
+
+    def opt_out(self, token: str, at: datetime) -> dict[str, Any] | None:
+        """Record the unsubscribe a token stands for (idempotent); None for an unknown token."""
+        with self.engine.begin() as conn:
+            found = (
+                conn.execute(select(unsubscribe_tokens).where(unsubscribe_tokens.c.token == token))
+                .mappings()
+                .first()
+            )
+            if found is None:
+                return None
+            stmt = self._insert(opt_outs).values(
+                source=found["source"],
+                contact_id=found["contact_id"],
+                email=found["email"],
+                opted_out_at=at,
+            )
+            conn.execute(
+                stmt.on_conflict_do_nothing(
+                    index_elements=[opt_outs.c.source, opt_outs.c.contact_id]
+                )
+            )
+        return dict(found)
+
+    def unsubscribed(self, source: str, contact_ids: Iterable[str]) -> set[str]:
+        """Of these contacts, those who unsubscribed here."""
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in chunked(sorted(set(contact_ids)), 500):
+                query = select(opt_outs.c.contact_id).where(
+                    opt_outs.c.source == source, opt_outs.c.contact_id.in_(chunk)
+                )
+                found.update(conn.execute(query).scalars())
+        return found
+
+    def opt_outs_to_write(self, source: str, limit: int = 10_000) -> list[str]:
+        """Contacts whose unsubscribe the CRM does not know yet."""
+        with self.engine.connect() as conn:
+            query = (
+                select(opt_outs.c.contact_id)
+                .where(opt_outs.c.source == source, opt_outs.c.crm_written_at.is_(None))
+                .order_by(opt_outs.c.opted_out_at)
+                .limit(limit)
+            )
+            return list(conn.execute(query).scalars())
+
+    def mark_opt_outs(self, source: str, results: Sequence[tuple[str, str | None]]) -> None:
+        """``(contact_id, error)``: written (error None) or why the CRM refused it."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            for contact_id, error in results:
+                conn.execute(
+                    update(opt_outs)
+                    .where(opt_outs.c.source == source, opt_outs.c.contact_id == contact_id)
+                    .values(crm_written_at=None if error else now, crm_error=error)
+                )
+
+    def opt_out_rows(self, **filters: Any) -> list[dict[str, Any]]:
+        return self._rows(opt_outs, [opt_outs.c.opted_out_at], filters)
 
     # -- store facts and step outcomes ---------------------------------------------------------
 
