@@ -106,9 +106,13 @@ DEFAULT_GREETINGS: dict[str, str] = {
     "nl": "Hallo {given}",
     "pt": "Olá {given}",
     "ja": "{family}様",
-    "zh": "{full}，您好",
+    # The email is English: "Dear" with the full name in Chinese order reads right; a
+    # "，您好" would clash with the comma the templates put after the greeting.
+    "zh": "Dear {full}",
     "ko": "{full}님",
     "default": "Hi {given}",
+    # With a salutation field set (how the contact asked to be addressed), in every language.
+    "salutation": "Dear {full}",
 }
 _FALLBACK_GREETING = "Hi {given}"
 _PLACEHOLDER = re.compile(r"\{(given|family|full)\}")
@@ -195,9 +199,9 @@ def greeting(
     patterns = {**DEFAULT_GREETINGS, **(greetings or {})}
     pattern = patterns.get(language, patterns["default"])
     if chosen := clean_display_name(salutation):
-        if language in _CJK_LANGUAGES:
-            return f"Dear {chosen}"
-        return _fill(pattern, {"given": chosen, "family": chosen, "full": chosen})
+        # A salutation is how the contact asked to be addressed ("Frau Dr. Weber", "Dr. Tanaka",
+        # "Wei"): it reads right after "Dear" in every language of the name.
+        return _fill(patterns["salutation"], {"given": chosen, "family": chosen, "full": chosen})
 
     given, family = clean_display_name(first), clean_display_name(last)
     values = {"given": given, "family": family, "full": display_name(given, family, language)}
@@ -486,13 +490,20 @@ def deadline_text(day: date, locale: Locale | str, *, reference: date) -> str:
     pattern's widths ("Fri, Nov 27" for en_US); the widths are widened to the full names asked for.
     """
     locale = Locale.parse(locale)
-    skeleton = "MMMMEEEEd" if day.year == reference.year else "yMMMMEEEEd"
+    pattern = _deadline_pattern(locale, with_year=day.year != reference.year)
+    return format_date(day, pattern, locale=locale)
+
+
+@lru_cache(maxsize=256)
+def _deadline_pattern(locale: Locale, *, with_year: bool) -> str:
+    """The date pattern for a locale, matched once a process (matching is the costly part)."""
+    skeleton = "yMMMMEEEEd" if with_year else "MMMMEEEEd"
     available = locale.datetime_skeletons
     matched = skeleton if skeleton in available else match_skeleton(skeleton, available)
     if matched is None:
-        return format_date(day, "full", locale=locale)
+        return "full"
     pattern = getattr(available[matched], "pattern", str(available[matched]))
-    return format_date(day, _widen(pattern, skeleton), locale=locale)
+    return _widen(pattern, skeleton)
 
 
 def _widen(pattern: str, skeleton: str) -> str:

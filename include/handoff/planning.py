@@ -276,7 +276,13 @@ def client_place(deal: Deal, settings: Settings) -> ClientPlace:
         zone, note = zone_for(deal.account_time_zone, country, overrides=email.country_time_zones)
     if zone is None:
         zone, note = ZoneInfo(email.default_time_zone), "the configured default time zone"
-    return ClientPlace(zone, country, BusinessCalendar(country), note)
+    return ClientPlace(zone, country, _calendar(country), note)
+
+
+@lru_cache(maxsize=256)
+def _calendar(country: str | None) -> BusinessCalendar:
+    """One calendar per country a process: its holidays are loaded once, not per email."""
+    return BusinessCalendar(country)
 
 
 def _email(

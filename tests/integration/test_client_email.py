@@ -138,7 +138,7 @@ def test_the_welcome_comes_from_the_executive_and_check_ins_from_the_csm(setting
     ("first", "last", "locale", "greeting", "display"),
     [
         ("Zoë <script>alert(1)</script>", "O'Brien", None, "Hi Zoë", "Zoë O'Brien"),
-        ("伟", "李", "zh_CN", "李伟，您好", "李伟"),
+        ("伟", "李", "zh_CN", "Dear 李伟", "李伟"),
         ("陽翔", "田中", "ja_JP", "田中様", "田中陽翔"),
     ],
 )
@@ -158,7 +158,7 @@ def test_a_salutation_field_wins_over_the_name(settings):
     context = context_of(
         resolve_step(settings, make_deal(primary_contact=contact), "welcome_email")
     )
-    assert context.greeting == "Hi Frau Dr. Weber"
+    assert context.greeting == "Dear Frau Dr. Weber"
 
 
 def test_a_name_with_injected_header_text_holds_that_deals_client_mail_with_a_reason(

@@ -132,3 +132,17 @@ def test_the_next_run_writes_the_opt_out_to_the_crm(state, sandbox, crm):
     assert record["records"][0]["HasOptedOutOfEmail"] is True
     assert state.opt_out_rows()[0]["crm_written_at"] is not None
     assert write_opt_outs(crm, state) == 0  # written once
+
+
+def test_airflows_api_server_serves_the_endpoint_from_the_plugin(state, settings):
+    """The plugin is found in the plugins folder and mounted by Airflow's own API server."""
+    from airflow.api_fastapi.app import create_app as create_api_server
+    from airflow.plugins_manager import get_fastapi_plugins
+    from fastapi.testclient import TestClient
+
+    assert "/handoff" in [app["url_prefix"] for app in get_fastapi_plugins()[0]]
+    state.remember_token("t" * 40, "salesforce", "006X", "003PLUGIN", "p@client.example", "ask")
+    with TestClient(create_api_server(apps="core")) as http:
+        assert http.get("/handoff/unsubscribe", params={"t": "t" * 40}).status_code == 200
+        assert http.post("/handoff/unsubscribe", params={"t": "t" * 40}).status_code == 200
+    assert [row["contact_id"] for row in state.opt_out_rows()] == ["003PLUGIN"]
