@@ -131,7 +131,7 @@ def handoff_salesforce():
             return {"dry_run": True}
         with step(context, SOURCE) as (settings, store, run):
             crm = HandoffSalesforceHook().get_crm(settings)
-            return refresh_contacts(crm, store, run)
+            return refresh_contacts(crm, store, run, settings)
 
     @task
     def send_emails(resolved: dict, **context) -> dict:

@@ -272,7 +272,7 @@ def build_message(
     if payload.get("cc"):
         message["Cc"] = [_address(person) for person in payload["cc"]]
     if payload.get("reply_to"):
-        message["Reply-To"] = _address(payload["reply_to"])
+        message["Reply-To"] = [_address(box) for box in payload["reply_to"]]
     message["Date"] = format_datetime(sent_at)
     message["Message-ID"] = message_id
     for name, value in (extra_headers or {}).items():

@@ -439,8 +439,11 @@ def format_dry_run(report: dict[str, Any]) -> str:
 # -- resolve -----------------------------------------------------------------------------------
 
 
-def refresh_contacts(crm: CrmClient, store: StateStore, run: RunContext) -> dict[str, int]:
-    """Re-read the primary contact of every deal with a step going out now.
+def refresh_contacts(
+    crm: CrmClient, store: StateStore, run: RunContext, settings: Settings | None = None
+) -> dict[str, int]:
+    """Re-read the primary contact of every deal with a step going out now, and whether the
+    executive who signs the welcome is still an active CRM user.
 
     A contact's opt-out or new address does not change the deal in the CRM, so the deal
     snapshot cannot know it: consent is checked against what the CRM says at dispatch time.
@@ -454,12 +457,28 @@ def refresh_contacts(crm: CrmClient, store: StateStore, run: RunContext) -> dict
             crm.source,
             {d: (asdict(found[d]) if d in found else None) for d in deal_ids},
         )
+        if settings is not None:
+            email = str(settings.sender.email)
+            executive = crm.users_by_email([email]).get(email.lower())
+            store.set_meta(
+                EXECUTIVE_META + crm.source, json.dumps(asdict(executive) if executive else None)
+            )
     opt_outs = write_opt_outs(crm, store)
     return {
         "deals_refreshed": len(deal_ids),
         "opt_outs_written": opt_outs,
         "api_calls": crm.api_calls - calls_before,
     }
+
+
+EXECUTIVE_META = "executive:"
+
+
+def email_people(store: StateStore, source: str) -> People:
+    """The executive as the last resolve step found them in the CRM (unknown: not checked)."""
+    stored = store.get_meta(EXECUTIVE_META + source)
+    found = json.loads(stored) if stored else None
+    return People(executive=Person(**found) if found else None)
 
 
 def write_opt_outs(crm: CrmClient, store: StateStore) -> int:
@@ -612,13 +631,16 @@ def send_emails(
             domain_sender,
         )
         claim = partial(store.claim, source, ActionKind.EMAIL, run.worker, due_by=due_by)
+        people = email_people(store, source)
         while batch := claim(limit=EMAIL_CLAIM):
             deals = _deals_of(store, source, batch)
             contacts = [d.primary_contact.id for d in deals.values() if d.primary_contact]
             unsubscribed = store.unsubscribed(source, contacts)
             for index, row in enumerate(batch):
                 try:
-                    resolved = _resolve_row(row, deals, settings, run, unsubscribed=unsubscribed)
+                    resolved = _resolve_row(
+                        row, deals, settings, run, people, unsubscribed=unsubscribed
+                    )
                     for issue in resolved.issues:
                         store.record_issue(issue, run.run_id)
                     if resolved.defer_until is not None:
@@ -935,7 +957,7 @@ def steps_in_order(
         "extract": lambda: extract_changes(crm, store, settings, window_end),
         "detect": lambda: detect_new_wins(store, settings, crm, run("detect")),
         "plan": lambda: plan_steps(store, settings, crm.source, run("plan")),
-        "resolve": lambda: refresh_contacts(crm, store, run("resolve")),
+        "resolve": lambda: refresh_contacts(crm, store, run("resolve"), settings),
         "send_emails": lambda: send_emails(
             store, settings, open_transport, run("send_emails"), source=crm.source
         ),

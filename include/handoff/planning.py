@@ -361,6 +361,16 @@ def _email(
         issues.append(_team_instead_of_csm(deal, fields, step))
     executive = people.executive
     executive_ok = executive is None or executive.is_active
+    if step.sender == "executive" and not executive_ok:
+        issues.append(
+            _issue(
+                deal,
+                "[sender].email",
+                "inactive_executive",
+                f"the configured executive {sender.name} ({sender.email}) is an inactive CRM "
+                f"user, so {step.id} is signed by the CSM (or the team) instead",
+            )
+        )
     if step.sender == "executive" and executive_ok:
         signer = (sender.name, sender.title, str(sender.email))
     elif csm is not None:
@@ -396,13 +406,22 @@ def _email(
         week=max(0, (now - _won_at(deal)).days) // 7,
     )
     from_box = {"name": signer[0], "email": signer[2]}
-    reply_to = None
+    # Replies reach whoever signed and, when an executive signed, the people who act on them.
+    reply_to = []
     if settings.email.sender_mode == "via_company":
         from_box = {
             "name": f"{signer[0]} via {sender.company}",
             "email": str(settings.email.from_address),
         }
-        reply_to = {"name": signer[0], "email": signer[2]}
+        reply_to.append({"name": signer[0], "email": signer[2]})
+    if signer[2] == str(sender.email):
+        if not reply_to:
+            reply_to.append(dict(from_box))
+        reply_to.append(
+            {"name": context.csm_name, "email": context.csm_email}
+            if csm
+            else {"name": _team_name(team.name), "email": str(team.email)}
+        )
     payload = {
         "deal_label": deal.label(),
         "template": step.template,

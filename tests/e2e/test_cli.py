@@ -79,7 +79,7 @@ def test_handoff_run_processes_one_day_and_says_which_state_store(
     assert len(smtp_sink.messages) == 1
     # deals, the new store's check for earlier tasks, the primary contacts read right before
     # dispatch, describe Task, one write
-    assert summary["api_calls"] == 5 == sandbox.stats()["api_calls"]
+    assert summary["api_calls"] == 6 == sandbox.stats()["api_calls"]
 
 
 def test_a_crm_answer_no_retry_can_fix_fails_the_run_at_once_with_its_cause(

@@ -256,3 +256,15 @@ def test_the_crm_token_never_reaches_a_log(tmp_path, smtp_sink, monkeypatch, cap
     assert token not in caplog.text
     run_files = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
     assert run_files and not [p for p in run_files if token in p.read_text(errors="replace")]
+
+
+def test_an_executive_who_left_never_signs_a_welcome(dag, org, sandbox, smtp_sink):
+    deal = org.won_deal("Executive left", amount=20000)
+    sandbox.store.update("User", org.executive, {"IsActive": False})
+    dag_run, summary = run(dag)
+    assert summary is not None, f"the run ended {dag_run.state}"
+    [welcome] = smtp_sink.messages
+    assert welcome.message["From"].addresses[0].addr_spec != "dana.whitfield@handoff-demo.example"
+    assert "Dana Whitfield" not in welcome.message.get_body(("plain",)).get_content()
+    codes = {(i["deal_id"], i["field"]) for i in summary["issues"]}
+    assert (deal, "[sender].email") in codes

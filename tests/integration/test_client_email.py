@@ -131,7 +131,25 @@ def test_the_welcome_comes_from_the_executive_and_check_ins_from_the_csm(setting
         "name": f"{CSM.name} via Handoff Demo Inc.",
         "email": "success@handoff-demo.example",
     }
-    assert relayed["reply_to"] == {"name": CSM.name, "email": CSM.email}
+    assert relayed["reply_to"] == [{"name": CSM.name, "email": CSM.email}]
+    # The executive's welcome: replies reach the executive and the CSM who acts on them.
+    assert [box["email"] for box in welcome["reply_to"]] == [
+        "dana.whitfield@handoff-demo.example",
+        CSM.email,
+    ]
+
+
+def test_an_inactive_executive_never_signs_the_welcome(settings):
+    from handoff.models import Person
+
+    inactive = Person("005EXEC", "Dana Whitfield", "dana.whitfield@handoff-demo.example", False)
+    deal = make_deal()
+    step = settings.plan.step("welcome_email")
+    resolution = resolve(deal, step, settings, People(executive=inactive), deal.won_at, deal.won_at)
+    context = context_of(resolution)
+    assert context.signer_name == CSM.name
+    assert resolution.payload["from"]["email"] == CSM.email
+    assert "inactive_executive" in [issue.code for issue in resolution.issues]
 
 
 @pytest.mark.parametrize(
