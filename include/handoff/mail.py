@@ -242,16 +242,19 @@ def unsubscribe_token(secret: str, dedupe_key: str) -> str:
 
 
 def unsubscribe_headers(url: str | None, mailto: str | None, token: str) -> dict[str, str]:
-    """RFC 2369 and RFC 8058 headers: a one-click HTTPS link with the token, and a mailto."""
-    links = []
+    """RFC 2369 and RFC 8058 headers: the one-click HTTPS link with the token.
+
+    The mailto form is only offered where no endpoint is configured: mail to that address
+    reaches a person, not the store, so it is never the link a mail client uses silently.
+    """
     if url:
-        links.append(f"<{url}{'&' if '?' in url else '?'}t={token}>")
+        headers = {"List-Unsubscribe": f"<{url}{'&' if '?' in url else '?'}t={token}>"}
+        if url.startswith("https://"):
+            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        return headers
     if mailto:
-        links.append(f"<mailto:{mailto}?subject={quote(f'unsubscribe {token}')}>")
-    headers = {"List-Unsubscribe": ", ".join(links)} if links else {}
-    if url and url.startswith("https://"):
-        headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    return headers
+        return {"List-Unsubscribe": f"<mailto:{mailto}?subject={quote(f'unsubscribe {token}')}>"}
+    return {}
 
 
 def build_message(
