@@ -344,7 +344,7 @@ def preview(args: argparse.Namespace) -> int:
         return 2
     root = project_root()
     if args.deal is None:
-        deal = sample_deal(settings, datetime.now(UTC))
+        deal = sample_deal(settings, datetime.now(UTC), args.source)
         out = args.out or root / "var" / "previews" / "sample"
         index = preview_deal(settings, None, deal, out)
     else:

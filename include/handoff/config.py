@@ -166,6 +166,28 @@ class SalesforceSettings(_Section):
         "Renewal",
     ]
     client_fields: ClientFields = ClientFields()
+
+    def labels(self) -> dict[str, str]:
+        """How reasons name each canonical field in this CRM: what RevOps searches for."""
+        csm_relationship = self.csm_field.removesuffix("__c") + "__r"
+        return {
+            "owner": "OwnerId",
+            "owner_email": "Owner.Email",
+            "csm": self.csm_field,
+            "csm_email": f"{csm_relationship}.Email",
+            "amount": "Amount",
+            "won_at": "LastStageChangeDate",
+            "primary_contact": "OpportunityContactRole.IsPrimary",
+            "contact_email": "Contact.Email",
+            "contact_opt_out": "Contact.HasOptedOutOfEmail",
+            "contact_first_name": "Contact.FirstName",
+            "contact_last_name": "Contact.LastName",
+            "contact_salutation": f"Contact.{self.client_fields.salutation or 'salutation'}",
+            "account_name": "Account.Name",
+            "account_owner": "Account.OwnerId",
+            **{f"doc_{key}": field for key, field in self.handoff_fields.model_dump().items()},
+        }
+
     # A custom text field on Task that holds each task's dedupe key, where free text cannot
     # forge it. Empty: the org has none, and the key is read from the last Description line.
     task_key_field: str = Field("Handoff_Key__c", pattern=r"^(|[A-Za-z][A-Za-z0-9_]*__c)$")
@@ -204,6 +226,12 @@ class Settings(_Section):
     output: OutputSettings = OutputSettings()
     # Not read from the file: the validated playbook that [playbook].file names.
     steps: Playbook | None = Field(None, exclude=True)
+
+    def crm(self, source: str) -> SalesforceSettings:
+        """The field map of one CRM: the pipeline and the planner never name a CRM's fields."""
+        if source == "salesforce":
+            return self.salesforce
+        raise ConfigError(f"no settings for the CRM {source!r} (known: salesforce)")
 
     @property
     def plan(self) -> Playbook:

@@ -91,17 +91,22 @@ class People:
 def deal_issues(deal: Deal, settings: Settings) -> list[DealIssue]:
     """Data problems of a deal, recorded once so RevOps can fix them (the steps go on)."""
     issues: list[DealIssue] = []
-    fields = _FieldNames(settings)
+    fields = _FieldNames(settings, deal.source)
     if deal.owner is None:
         issues.append(
-            _issue(deal, "OwnerId", "missing_owner", "the deal has no owner, so no rep is Cc'd")
+            _issue(
+                deal,
+                fields.of["owner"],
+                "missing_owner",
+                "the deal has no owner, so no rep is Cc'd",
+            )
         )
     _active_people(deal, fields, issues)
     if deal.amount is not None and deal.amount < 0:
         issues.append(
             _issue(
                 deal,
-                "Amount",
+                fields.of["amount"],
                 "negative_amount",
                 f"the amount is negative ({deal.amount:,.2f}); it is treated as not set",
             )
@@ -110,13 +115,13 @@ def deal_issues(deal: Deal, settings: Settings) -> list[DealIssue]:
         issues.append(
             _issue(
                 deal,
-                "Amount",
+                fields.of["amount"],
                 "missing_amount",
                 "the deal has no amount, so steps that depend on the amount (the internal "
                 "handoff meeting, the executive sponsor check-in) cannot be applied",
             )
         )
-    issues += display_issues(deal)
+    issues += display_issues(deal, settings)
     missing = deal.missing_handoff_fields()
     if missing:
         names = ", ".join(f"{HANDOFF_DOC_LABELS[k]} ({fields.doc[k]})" for k in missing)
@@ -131,14 +136,15 @@ def deal_issues(deal: Deal, settings: Settings) -> list[DealIssue]:
     return issues
 
 
-def display_issues(deal: Deal) -> list[DealIssue]:
+def display_issues(deal: Deal, settings: Settings) -> list[DealIssue]:
     """Names shown to the client that carried markup or control marks (shown cleaned)."""
     contact = deal.primary_contact
+    of = _FieldNames(settings, deal.source).of
     issues = []
     for field, value in (
-        ("Contact.FirstName", contact.first_name if contact else None),
-        ("Contact.LastName", contact.last_name if contact else None),
-        ("Account.Name", deal.account_name),
+        (of["contact_first_name"], contact.first_name if contact else None),
+        (of["contact_last_name"], contact.last_name if contact else None),
+        (of["account_name"], deal.account_name),
     ):
         if value and _CONTROL.search(value):
             issues.append(
@@ -182,12 +188,13 @@ def resolve(
 
 
 class _FieldNames:
-    """CRM field names for messages (Salesforce names today; the field map grows with HubSpot)."""
+    """How reasons name the deal's fields in its own CRM (the CRM's field map)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.csm = settings.salesforce.csm_field
-        self.csm_email = settings.salesforce.csm_field.removesuffix("__c") + "__r.Email"
-        self.doc = settings.salesforce.handoff_fields.model_dump()
+    def __init__(self, settings: Settings, source: str) -> None:
+        self.of = settings.crm(source).labels()
+        self.csm = self.of["csm"]
+        self.csm_email = self.of["csm_email"]
+        self.doc = {key: self.of[f"doc_{key}"] for key in HANDOFF_DOC_LABELS}
 
 
 def _active_people(deal: Deal, fields: _FieldNames, issues: list[DealIssue]) -> Deal:
@@ -195,7 +202,7 @@ def _active_people(deal: Deal, fields: _FieldNames, issues: list[DealIssue]) -> 
     whose address is unusable are kept as task owners but never written to or introduced."""
     people: dict[str, Person | None] = {}
     for role, person, field, email_field in (
-        ("owner", deal.owner, "OwnerId", "Owner.Email"),
+        ("owner", deal.owner, fields.of["owner"], fields.of["owner_email"]),
         ("csm", deal.csm, fields.csm, fields.csm_email),
     ):
         if person is not None and not person.is_active:
@@ -248,7 +255,7 @@ def _issue(deal: Deal, field: str, code: str, what: str) -> DealIssue:
 
 def is_existing_customer(deal: Deal, settings: Settings) -> bool:
     """A deal for a client we already have (upgrade, renewal): by the CRM's deal type."""
-    kinds = {kind.strip().lower() for kind in settings.salesforce.existing_customer_types}
+    kinds = {kind.strip().lower() for kind in settings.crm(deal.source).existing_customer_types}
     return (deal.deal_type or "").strip().lower() in kinds
 
 
@@ -293,20 +300,20 @@ def _email(
     now: datetime,
     unsubscribed: Collection[str],
 ) -> Resolution:
-    fields = _FieldNames(settings)
+    fields = _FieldNames(settings, deal.source)
     issues: list[DealIssue] = []
     deal = _active_people(deal, fields, [])
     contact = deal.primary_contact
     if contact is None:
         return _skip(
             deal,
-            "OpportunityContactRole.IsPrimary",
+            fields.of["primary_contact"],
             "no primary contact on the deal; add one and the email can be sent by hand",
         )
     if contact.opted_out:
         return _skip(
             deal,
-            "Contact.HasOptedOutOfEmail",
+            fields.of["contact_opt_out"],
             f"primary contact {contact.id} opted out of email; no {step.id} is sent",
         )
     if step.promotional and contact.id in unsubscribed:
@@ -317,16 +324,18 @@ def _email(
             "is sent",
         )
     if not (contact.email or "").strip():
-        return _skip(deal, "Contact.Email", f"primary contact {contact.id} has no email address")
+        return _skip(
+            deal, fields.of["contact_email"], f"primary contact {contact.id} has no email address"
+        )
     try:
         to_address = validate_email(contact.email.strip(), check_deliverability=False).normalized
     except EmailNotValidError as exc:
         return _skip(
             deal,
-            "Contact.Email",
+            fields.of["contact_email"],
             f"primary contact {contact.id} has an invalid address {contact.email!r}: {exc}",
         )
-    injected = _injected_names(deal, settings)
+    injected = _injected_names(deal, fields)
     if injected:
         return Resolution(ActionStatus.HELD, {}, injected[0].reason, issues=tuple(injected))
 
@@ -435,7 +444,7 @@ def _email(
         "client_zone": place.zone.key,
         "context": context.to_dict(),
     }
-    issues += display_issues(deal)
+    issues += display_issues(deal, settings)
     return Resolution(ActionStatus.PENDING, payload, issues=tuple(issues))
 
 
@@ -454,16 +463,16 @@ def _team_instead_of_csm(deal: Deal, fields: _FieldNames, step: Step) -> DealIss
     )
 
 
-def _injected_names(deal: Deal, settings: Settings) -> list[DealIssue]:
+def _injected_names(deal: Deal, fields: _FieldNames) -> list[DealIssue]:
     """Names that look like injected header text: the deal's client mail waits for a person."""
     contact = deal.primary_contact
-    salutation = settings.salesforce.client_fields.salutation or "salutation"
+    of = fields.of
     issues = []
     for field, value in (
-        ("Contact.FirstName", contact.first_name if contact else None),
-        ("Contact.LastName", contact.last_name if contact else None),
-        (f"Contact.{salutation}", contact.salutation if contact else None),
-        ("Account.Name", deal.account_name),
+        (of["contact_first_name"], contact.first_name if contact else None),
+        (of["contact_last_name"], contact.last_name if contact else None),
+        (of["contact_salutation"], contact.salutation if contact else None),
+        (of["account_name"], deal.account_name),
     ):
         why = injection_reason(value)
         if why:
@@ -523,7 +532,7 @@ def _mailbox(person: Person) -> dict[str, str]:
 def _task(
     deal: Deal, step: Step, settings: Settings, people: People, planned_at: datetime, now: datetime
 ) -> Resolution:
-    fields = _FieldNames(settings)
+    fields = _FieldNames(settings, deal.source)
     deal = _active_people(deal, fields, [])
     owner, note = _owner(deal, step, people, fields)
     if owner is None:
@@ -587,10 +596,10 @@ def _owner(
 
 def _role_field(role: str | None, fields: _FieldNames) -> str:
     return {
-        "ae": "OwnerId",
+        "ae": fields.of["owner"],
         "csm": fields.csm,
         "executive": "[sender].email",
-        "account_owner": "Account.OwnerId",
+        "account_owner": fields.of["account_owner"],
     }.get(role or "", "owner")
 
 

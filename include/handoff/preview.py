@@ -20,7 +20,13 @@ from handoff.config import Settings
 from handoff.email_context import ClientEmailContext
 from handoff.emails import EmailRenderer, RenderedEmail
 from handoff.models import ActionStatus, Contact, Deal, Person
-from handoff.planning import People, client_place, is_existing_customer, resolve
+from handoff.planning import (
+    HANDOFF_DOC_LABELS,
+    People,
+    client_place,
+    is_existing_customer,
+    resolve,
+)
 from handoff.playbook import ROLE_NAMES, Step
 from handoff.state.store import StateStore
 
@@ -46,12 +52,13 @@ class PreviewStep:
     sent_from: str | None = None
 
 
-def sample_deal(settings: Settings, at: datetime) -> Deal:
-    """A made-up new client, won at the start of ``at``'s day, to read the sequence with."""
+def sample_deal(settings: Settings, at: datetime, source: str = "salesforce") -> Deal:
+    """A made-up new client, won at the start of ``at``'s day, to read the sequence with (its
+    field names in reasons are those of ``source``)."""
     won = at.replace(hour=9, minute=30, second=0, microsecond=0)
     csm = Person("sample-csm", "Maria Lopez", "maria.lopez@handoff-demo.example")
     return Deal(
-        source="sample",
+        source=source,
         deal_id="SAMPLE",
         name="Sample deal",
         account_name="Analytical Engines Ltd",
@@ -71,7 +78,7 @@ def sample_deal(settings: Settings, at: datetime) -> Deal:
             country="GB",
             time_zone="Europe/London",
         ),
-        handoff_doc={key: "(filled in)" for key in settings.salesforce.handoff_fields.model_dump()},
+        handoff_doc={key: "(filled in)" for key in HANDOFF_DOC_LABELS},
         deal_type="New Business",
     )
 

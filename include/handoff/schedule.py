@@ -251,19 +251,22 @@ def _deals_frame(
                 "existing": is_existing_customer(deal, settings),
                 "missing": missing,
                 "label": deal.label(),
-                "hold_reason": _hold_reason(deal.label(), missing, settings) if missing else None,
+                "hold_reason": _hold_reason(deal.label(), missing, settings, source)
+                if missing
+                else None,
             }
         )
         if item.get("planned_modstamp") != item["modstamp"]:
             plan.issues.extend(deal_issues(deal, settings))
             if deal.won_at is not None and deal.won_at != item["won_at"]:
+                won_field = settings.crm(source).labels()["won_at"]
                 plan.issues.append(
                     DealIssue(
                         deal.source,
                         deal.deal_id,
-                        "LastStageChangeDate",
+                        won_field,
                         "win_date_moved",
-                        f"{deal.label()}: LastStageChangeDate: the win date is now "
+                        f"{deal.label()}: {won_field}: the win date is now "
                         f"{deal.won_at:%Y-%m-%d %H:%M} UTC; the playbook keeps counting from the "
                         f"win first seen, {item['won_at']:%Y-%m-%d %H:%M} UTC, so no step is "
                         "repeated or moved",
@@ -346,9 +349,9 @@ def _action(row: dict[str, Any], source: str, at: datetime) -> PlannedAction:
     )
 
 
-def _hold_reason(label: str, missing: list[str], settings: Settings) -> str:
-    fields = settings.salesforce.handoff_fields.model_dump()
-    names = ", ".join(f"{HANDOFF_DOC_LABELS[k]} ({fields[k]})" for k in missing)
+def _hold_reason(label: str, missing: list[str], settings: Settings, source: str) -> str:
+    fields = settings.crm(source).labels()
+    names = ", ".join(f"{HANDOFF_DOC_LABELS[k]} ({fields[f'doc_{k}']})" for k in missing)
     return (
         f"{label}: held until the handoff document is complete; missing: {names}. "
         "The rep has a task; the next run after it is filled in sends what is still sensible"
