@@ -194,6 +194,59 @@ class SalesforceSettings(_Section):
     handoff_fields: HandoffFields
 
 
+class HubSpotSettings(_Section):
+    """A HubSpot portal's property names (custom properties differ per portal)."""
+
+    csm_property: str = "customer_success_manager"
+    # A custom task property holding each task's dedupe key; "" reads it from the task body.
+    task_key_property: str = "handoff_key"
+    deal_type_property: str = "dealtype"
+    existing_customer_types: list[str] = ["existingbusiness"]
+    # The deal-contact association label that marks the primary contact; without one on a
+    # deal, its first associated contact is used (and recorded).
+    primary_contact_label: str = "Primary"
+    opt_out_property: str = "hs_email_optout"
+    client_fields: ClientFields = ClientFields(
+        contact_time_zone="hs_timezone",
+        contact_country="country",
+        contact_locale="hs_language",
+        salutation="",
+        account_time_zone="",
+        account_country="country",
+    )
+    handoff_fields: HandoffFields = HandoffFields(
+        situation="handoff_situation",
+        goals="handoff_goals",
+        promises="handoff_promises",
+        objections="handoff_objections",
+        stakeholders="handoff_stakeholders",
+        risks="handoff_risks",
+    )
+
+    def labels(self) -> dict[str, str]:
+        """How reasons name each canonical field in HubSpot: property names RevOps can find."""
+        return {
+            "owner": "deal.hubspot_owner_id",
+            "owner_email": "owner.email",
+            "csm": f"deal.{self.csm_property}",
+            "csm_email": f"deal.{self.csm_property} (owner email)",
+            "amount": "deal.amount",
+            "won_at": "deal.dealstage (date entered)",
+            "primary_contact": f"deal-contact association ({self.primary_contact_label})",
+            "contact_email": "contact.email",
+            "contact_opt_out": f"contact.{self.opt_out_property}",
+            "contact_first_name": "contact.firstname",
+            "contact_last_name": "contact.lastname",
+            "contact_salutation": f"contact.{self.client_fields.salutation or 'salutation'}",
+            "account_name": "company.name",
+            "account_owner": "company.hubspot_owner_id",
+            **{
+                f"doc_{key}": f"deal.{prop}"
+                for key, prop in self.handoff_fields.model_dump().items()
+            },
+        }
+
+
 class DispatchSettings(_Section):
     """How sending and CRM writes share work and settle answers that never arrived."""
 
@@ -221,17 +274,20 @@ class Settings(_Section):
     playbook: PlaybookSettings = PlaybookSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     salesforce: SalesforceSettings
+    hubspot: HubSpotSettings = HubSpotSettings()
     dispatch: DispatchSettings = DispatchSettings()
     state: StateSettings = StateSettings()
     output: OutputSettings = OutputSettings()
     # Not read from the file: the validated playbook that [playbook].file names.
     steps: Playbook | None = Field(None, exclude=True)
 
-    def crm(self, source: str) -> SalesforceSettings:
+    def crm(self, source: str) -> SalesforceSettings | HubSpotSettings:
         """The field map of one CRM: the pipeline and the planner never name a CRM's fields."""
         if source == "salesforce":
             return self.salesforce
-        raise ConfigError(f"no settings for the CRM {source!r} (known: salesforce)")
+        if source == "hubspot":
+            return self.hubspot
+        raise ConfigError(f"no settings for the CRM {source!r} (known: salesforce, hubspot)")
 
     @property
     def plan(self) -> Playbook:

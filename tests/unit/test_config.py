@@ -59,3 +59,14 @@ def test_values_that_would_fail_at_run_time_are_refused_when_loaded(
     message = str(raised.value)
     assert str(config) in message and words in message
     assert value.split(" = ")[1].strip('"') in message
+
+
+def test_every_crm_names_every_field_the_planner_reports(settings):
+    """Reasons name fields through the deal's own CRM map: both maps cover the same fields."""
+    salesforce = settings.crm("salesforce").labels()
+    hubspot = settings.crm("hubspot").labels()
+    assert set(salesforce) == set(hubspot)
+    assert salesforce["contact_email"] == "Contact.Email"
+    assert hubspot["doc_goals"] == "deal.handoff_goals"
+    with pytest.raises(ConfigError, match="no settings for the CRM 'pipedrive'"):
+        settings.crm("pipedrive")
