@@ -1,9 +1,9 @@
 """``handoff``: run the handoff DAG, the sandbox CRM, the SMTP sink, or the whole demo.
 
-``handoff run`` makes one run of the same DAG the scheduler runs (``dags/handoff_<source>.py``,
-through Airflow's ``dag.test``), against whatever the Airflow connections point at, and prints
-the run's summary and one JSON line. ``handoff demo`` does the same against the built-in sandbox
-CRM and a local SMTP sink.
+``handoff run`` makes one run of the same DAG the scheduler runs (``handoff_<source>``, defined
+in ``dags/handoff.py``, through Airflow's ``dag.test``), against whatever the Airflow
+connections point at, and prints the run's summary and one JSON line. ``handoff demo`` does
+the same against the built-in sandbox CRM and a local SMTP sink.
 """
 
 from __future__ import annotations
@@ -61,10 +61,10 @@ def logical_date_for(
 
 
 def load_dag(source: str):
-    """The DAG object defined in ``dags/handoff_<source>.py`` (the one the scheduler runs)."""
+    """The DAG ``handoff_<source>`` of ``dags/handoff.py`` (the one the scheduler runs)."""
     import importlib.util
 
-    path = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]) / f"handoff_{source}.py"
+    path = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]) / "handoff.py"
     spec = importlib.util.spec_from_file_location(f"handoff_dag_{source}", path)
     if spec is None or spec.loader is None:
         raise SystemExit(f"no DAG file for source {source!r} at {path}")
@@ -74,7 +74,9 @@ def load_dag(source: str):
     for value in vars(module).values():
         if getattr(value, "dag_id", None) == f"handoff_{source}" and hasattr(value, "test"):
             return value
-    raise SystemExit(f"{path} defines no DAG named handoff_{source}")
+    raise SystemExit(
+        f"{path} defines no DAG named handoff_{source}: is {source!r} in [sources].enabled?"
+    )
 
 
 @contextmanager

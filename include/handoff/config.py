@@ -127,6 +127,12 @@ class PlaybookSettings(_Section):
     file: Path = Path("include/config/playbook.toml")
 
 
+class SourcesSettings(_Section):
+    """The CRMs this installation reads: one DAG each (``handoff_<source>``)."""
+
+    enabled: list[Literal["salesforce", "hubspot"]] = Field(["salesforce"], min_length=1)
+
+
 class ScheduleSettings(_Section):
     # Hourly by default: a step due at 14:00 goes out in the 14:00-15:00 run, and an hour with
     # nothing due costs one CRM query.
@@ -273,6 +279,7 @@ class Settings(_Section):
     email: EmailSettings
     playbook: PlaybookSettings = PlaybookSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    sources: SourcesSettings = SourcesSettings()
     salesforce: SalesforceSettings
     hubspot: HubSpotSettings = HubSpotSettings()
     dispatch: DispatchSettings = DispatchSettings()

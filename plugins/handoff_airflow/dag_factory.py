@@ -1,0 +1,210 @@
+"""One DAG definition for every CRM source: the same tasks, in the same order, whatever the CRM.
+
+``dags/handoff.py`` builds one DAG per source enabled in the settings (``handoff_salesforce``,
+``handoff_hubspot``). Tasks import what they need when they run, so parsing stays cheap, and
+the only thing that knows which CRM a task talks to is :func:`crm_client`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import pendulum
+from airflow.sdk import CronTriggerTimetable, Param, dag, task
+
+if TYPE_CHECKING:
+    from handoff.config import Settings
+    from handoff.crm.base import CrmClient
+
+CRM_CONNECTIONS = {"salesforce": "salesforce_default", "hubspot": "hubspot_default"}
+CRM_NAMES = {"salesforce": "Salesforce", "hubspot": "HubSpot"}
+
+DOC = """
+### {crm} handoff: the 90-day onboarding playbook for every Closed Won deal
+
+Every hour (setting `[schedule].cron`) this DAG reads the deals that changed in {crm} since
+its last run and:
+
+- starts onboarding the deals that became **Closed Won** (the look-back window keeps a first
+  install from mailing a backlog; after that, a win found late still gets the steps that are
+  still sensible), and stops deals that left Closed Won;
+- plans every step of the **playbook** (`include/config/playbook.toml`) that falls due: the
+  welcome sequence, weekly check-ins, reviews and the referral ask for the client; CRM tasks
+  for the CSM, the rep, the executive and the account owner;
+- holds client emails while the rep's **handoff document** is incomplete (the rep gets a task
+  listing what is missing) and releases them once it is complete;
+- re-reads the primary contacts of the deals with a step due (consent is checked when a mail
+  goes out), then sends the emails and writes the tasks.
+
+Client email arrives in the client's business hours (their time zone and public holidays);
+outside them an email waits for the next run inside them. Promotional steps carry a one-click
+unsubscribe served by this project's Airflow plugin on the API server.
+
+Each step happens once per deal, whatever the re-runs, retries and crashes; a step found later
+than its lateness limit is skipped with its reason, never sent weeks late. Deals with bad data
+are reported by deal and field; the others go on. A problem no retry can fix (a setting, an
+invalid playbook, an expired token, a state store that is behind or does not match the CRM)
+fails the run at once with its cause.
+
+**Dry run**: trigger with the param `dry_run` = true to see every email (recipient, subject),
+task (owner, due date), skip and hold this run would make, changing nothing.
+
+Connections: `{connection}` ({crm}), `smtp_default` (SMTP), and optionally
+`handoff_unsubscribe` (its password keys the unsubscribe links). Settings:
+`include/config/handoff.toml`. The state store is migrated once per deployment with
+`handoff db upgrade`. What each run did, failed runs included: the `summarise` task's log and
+`var/runs/<run id>/summary.json` (with the `.eml` and HTML preview of every email sent).
+"""
+
+
+def crm_client(source: str, settings: Settings) -> CrmClient:
+    """The CRM client of ``source`` from its Airflow connection (the one CRM-aware place)."""
+    if source == "salesforce":
+        from handoff_airflow.hooks import HandoffSalesforceHook
+
+        return HandoffSalesforceHook().get_crm(settings)
+    raise ValueError(f"no CRM connector for source {source!r}")
+
+
+def handoff_dag(source: str, cron: str):
+    """The handoff DAG for one CRM source (``handoff_<source>``), scheduled by ``cron``."""
+    SOURCE = source  # read by the tasks below, as a module constant would be
+    crm = CRM_NAMES[source]
+
+    @dag(
+        dag_id=f"handoff_{source}",
+        schedule=CronTriggerTimetable(cron, timezone="UTC", interval=timedelta(hours=1)),
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,
+        doc_md=DOC.format(crm=crm, connection=CRM_CONNECTIONS[source]),
+        tags=["handoff", source],
+        params={
+            "dry_run": Param(
+                False,
+                type="boolean",
+                description="Show what this run would send, write, skip and hold; change nothing.",
+            )
+        },
+        default_args={
+            "owner": "revops",
+            "retries": 3,
+            "retry_delay": timedelta(minutes=1),
+            "retry_exponential_backoff": True,
+            "max_retry_delay": timedelta(minutes=15),
+        },
+    )
+    def handoff():
+        @task
+        def preflight(**context) -> dict:
+            from handoff.pipeline import check_templates
+            from handoff_airflow.runtime import check_connections, step
+
+            with step(context, SOURCE) as (settings, store, _):
+                store.check_schema()
+                check_connections(CRM_CONNECTIONS[SOURCE], "smtp_default")
+                check_templates(settings)
+                return {"state_store": store.location}
+
+        @task
+        def extract(checked: dict, **context) -> dict:
+            from handoff.pipeline import extract_changes
+            from handoff_airflow.runtime import step
+
+            with step(context, SOURCE) as (settings, store, run):
+                crm = crm_client(SOURCE, settings)
+                return extract_changes(crm, store, settings, run.window_end)
+
+        @task
+        def detect(extracted: dict, **context) -> dict:
+            from handoff.pipeline import detect_new_wins
+            from handoff_airflow.runtime import is_dry_run, step
+
+            if is_dry_run(context):
+                return {"dry_run": True}
+            with step(context, SOURCE) as (settings, store, run):
+                crm = crm_client(SOURCE, settings)
+                return detect_new_wins(store, settings, crm, run)
+
+        @task
+        def plan(detected: dict, **context) -> dict:
+            from handoff.pipeline import dry_run, format_dry_run, plan_steps
+            from handoff_airflow.runtime import is_dry_run, step
+
+            with step(context, SOURCE) as (settings, store, run):
+                if is_dry_run(context):
+                    crm = crm_client(SOURCE, settings)
+                    report = dry_run(store, settings, crm, run)
+                    print(format_dry_run(report))
+                    return {"dry_run": True, **report["planning"]}
+                return plan_steps(store, settings, SOURCE, run)
+
+        @task
+        def resolve(planned: dict, **context) -> dict:
+            from handoff.pipeline import refresh_contacts
+            from handoff_airflow.runtime import is_dry_run, step
+
+            if is_dry_run(context):
+                return {"dry_run": True}
+            with step(context, SOURCE) as (settings, store, run):
+                crm = crm_client(SOURCE, settings)
+                return refresh_contacts(crm, store, run, settings)
+
+        @task
+        def send_emails(resolved: dict, **context) -> dict:
+            from handoff.pipeline import send_emails as send
+            from handoff_airflow.hooks import HandoffSmtpHook, unsubscribe_secret
+            from handoff_airflow.runtime import is_dry_run, step
+
+            if is_dry_run(context):
+                return {"dry_run": True}
+            with step(context, SOURCE) as (settings, store, run):
+                transport = HandoffSmtpHook().transport
+                secret = unsubscribe_secret()
+                return send(
+                    store, settings, transport, run, source=SOURCE, unsubscribe_secret=secret
+                )
+
+        @task
+        def write_tasks(resolved: dict, **context) -> dict:
+            from handoff.pipeline import write_tasks as write
+            from handoff_airflow.runtime import is_dry_run, step
+
+            if is_dry_run(context):
+                return {"dry_run": True}
+            with step(context, SOURCE) as (settings, store, run):
+                return write(crm_client(SOURCE, settings), store, settings, run)
+
+        @task(trigger_rule="all_done")
+        def summarise(
+            extracted: dict | None,
+            detected: dict | None,
+            resolved: dict | None,
+            emails: dict | None,
+            tasks: dict | None,
+            **context,
+        ) -> dict:
+            """Runs whatever happened upstream, so a failed run gets its summary too."""
+            from handoff.pipeline import format_summary, summarise, summary_line
+            from handoff_airflow.runtime import fail_if_a_step_failed, is_dry_run, step
+
+            if is_dry_run(context):
+                return {"dry_run": True}
+            counts = (extracted, detected, resolved, emails, tasks)  # None for a step that failed
+            api_calls = sum(c.get("api_calls", 0) for c in counts if c)
+            with step(context, SOURCE) as (settings, store, run):
+                summary = summarise(store, settings, SOURCE, run, api_calls)
+            print(format_summary(summary))
+            print(summary_line(summary))
+            fail_if_a_step_failed(summary)
+            return {
+                key: summary[key] for key in ("emails_sent", "tasks_created", "skipped", "failed")
+            }
+
+        extracted = extract(preflight())
+        detected = detect(extracted)
+        resolved = resolve(plan(detected))
+        summarise(extracted, detected, resolved, send_emails(resolved), write_tasks(resolved))
+
+    return handoff()
