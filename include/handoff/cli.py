@@ -207,11 +207,14 @@ def connection_env(salesforce_url: str, token: str, smtp_host: str, smtp_port: i
         "port": smtp_port,
         "extra": {"disable_ssl": True, "disable_tls": True, "timeout": 10, "retry_limit": 2},
     }
+    # The sandbox serves HubSpot's API on the same address, with the same token.
+    hubspot = {"conn_type": "hubspot", "host": salesforce_url, "password": token}
     # The key of unsubscribe tokens: a fresh random one per sandbox session.
     unsubscribe = {"conn_type": "generic", "password": secrets.token_urlsafe(32)}
     return {
         "AIRFLOW_CONN_SALESFORCE_DEFAULT": json.dumps(salesforce),
         "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(smtp),
+        "AIRFLOW_CONN_HUBSPOT_DEFAULT": json.dumps(hubspot),
         "AIRFLOW_CONN_HANDOFF_UNSUBSCRIBE": json.dumps(unsubscribe),
     }
 

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING
 
 from airflow.providers.salesforce.hooks.salesforce import SalesforceHook
 from airflow.providers.smtp.hooks.smtp import SmtpHook
+from airflow.sdk import BaseHook
 
 if TYPE_CHECKING:
+    import hubspot
     from simple_salesforce import Salesforce
 
     from handoff.config import Settings
@@ -45,6 +47,65 @@ class HandoffSalesforceHook(SalesforceHook):
         from handoff.crm.salesforce import SalesforceCRM
 
         return SalesforceCRM.from_settings(self.conn, settings)
+
+
+class HubSpotHook(BaseHook):
+    """A HubSpot portal from an Airflow connection, shaped like the Salesforce provider's hook.
+
+    Connection type ``hubspot``: the private app's access token in the password; the API base
+    URL (scheme, host and port) in the host, empty for HubSpot's own, so a sandbox or a staging
+    server can stand in. The client is built once per hook; nothing is read before it is asked.
+    The connection form (which fields show, their labels) is declared with the connection type
+    in ``handoff/provider_info.py``, where Airflow reads it without importing this class.
+    """
+
+    conn_name_attr = "hubspot_conn_id"
+    default_conn_name = "hubspot_default"
+    conn_type = "hubspot"
+    hook_name = "HubSpot"
+
+    def __init__(self, hubspot_conn_id: str = default_conn_name, timeout: float = 30) -> None:
+        super().__init__()
+        if not hubspot_conn_id:
+            raise ValueError("hubspot_conn_id must name an Airflow connection")
+        self.hubspot_conn_id = hubspot_conn_id
+        self.timeout = timeout
+
+    @cached_property
+    def conn(self) -> hubspot.Client:
+        import hubspot
+
+        from handoff.errors import ConfigError
+
+        connection = self.get_connection(self.hubspot_conn_id)
+        if not connection.password:
+            raise ConfigError(
+                f"the HubSpot connection {self.hubspot_conn_id} has no access token "
+                "(the password field)"
+            )
+        options = {"access_token": connection.password}
+        host = (connection.host or "").strip()
+        if host:
+            if "://" not in host:
+                host = f"https://{host}"
+            if connection.port and host.count(":") < 2:
+                host = f"{host}:{connection.port}"
+            options["host"] = host.rstrip("/")
+        self.log.info("Connecting to HubSpot at %s", options.get("host", "api.hubapi.com"))
+        return hubspot.Client.create(**options)
+
+    def get_conn(self) -> hubspot.Client:
+        return self.conn
+
+    def test_connection(self) -> tuple[bool, str]:
+        """One cheap read (an owner) proves the address and the token; the token never shows."""
+        try:
+            self.conn.crm.owners.owners_api.get_page(limit=1, _request_timeout=self.timeout)
+        except Exception as exc:
+            status = getattr(exc, "status", None)
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            return False, f"HubSpot did not accept the connection: {status or ''} {reason}".strip()
+        return True, "Connection successfully tested"
 
 
 class HandoffSmtpHook(SmtpHook):

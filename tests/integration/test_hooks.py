@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from handoff.cli import connection_env
-from handoff_airflow.hooks import HandoffSalesforceHook, HandoffSmtpHook
+from handoff_airflow.hooks import HandoffSalesforceHook, HandoffSmtpHook, HubSpotHook
 
 
 @pytest.fixture
@@ -76,3 +76,30 @@ def test_an_oauth2_smtp_connection_is_refused_with_a_clear_message(sandbox, smtp
     with pytest.raises(ConfigError, match="OAuth2"), HandoffSmtpHook().transport():
         pass
     assert smtp_sink.sessions == 0
+
+
+def test_hubspot_connection_test_passes_through_the_sandbox(connections, sandbox):
+    ok, message = HubSpotHook().test_connection()
+    assert ok, message
+    assert sandbox.hubspot_stats()["api_calls"] == 1
+
+
+def test_a_wrong_hubspot_token_fails_the_connection_test_without_echoing_it(
+    sandbox, smtp_sink, monkeypatch
+):
+    env = connection_env(sandbox.url, "wrong-token-456", smtp_sink.host, smtp_sink.port)
+    monkeypatch.setenv("AIRFLOW_CONN_HUBSPOT_DEFAULT", env["AIRFLOW_CONN_HUBSPOT_DEFAULT"])
+    ok, message = HubSpotHook().test_connection()
+    assert not ok
+    assert "401" in message and "wrong-token-456" not in message
+
+
+def test_the_hubspot_connection_form_shows_in_airflows_ui():
+    """Airflow's own UI service lists the connection type with its relabelled fields."""
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+
+    [meta] = [m for m in HookMetaService.hook_meta_data() if m.connection_type == "hubspot"]
+    assert meta.hook_name == "HubSpot"
+    assert meta.standard_fields.host.title == "API base URL"
+    assert meta.standard_fields.password.title == "Private app access token"
+    assert meta.standard_fields.login.hidden
