@@ -20,7 +20,7 @@ from typing import Any
 
 from handoff.config import project_root
 
-SOURCES = ("salesforce",)
+SOURCES = ("salesforce", "hubspot")
 
 
 def airflow_environment(root: Path) -> dict[str, str]:

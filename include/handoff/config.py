@@ -32,6 +32,7 @@ HOME_ENV = "HANDOFF_HOME"
 STATE_URL_ENV = "HANDOFF_STATE_URL"
 PLAYBOOK_ENV = "HANDOFF_PLAYBOOK"
 RUN_DIR_ENV = "HANDOFF_RUN_DIR"
+SOURCES_ENV = "HANDOFF_SOURCES"
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -326,8 +327,18 @@ def _resolve(settings: Settings) -> Settings:
     run_dir = home / Path(os.environ.get(RUN_DIR_ENV) or settings.output.run_dir)
     templates_dir = home / settings.output.templates_dir
     playbook_file = home / Path(os.environ.get(PLAYBOOK_ENV) or settings.playbook.file)
+    sources = settings.sources
+    if os.environ.get(SOURCES_ENV):  # e.g. the demo: "salesforce,hubspot"
+        names = [name.strip() for name in os.environ[SOURCES_ENV].split(",") if name.strip()]
+        try:
+            sources = SourcesSettings(enabled=names)
+        except ValidationError as exc:
+            raise ConfigError(
+                f"{SOURCES_ENV}={os.environ[SOURCES_ENV]!r} is invalid: {exc}"
+            ) from exc
     return settings.model_copy(
         update={
+            "sources": sources,
             "state": StateSettings(url=state_url),
             "output": OutputSettings(run_dir=run_dir, templates_dir=templates_dir),
             "playbook": PlaybookSettings(file=playbook_file),

@@ -64,6 +64,10 @@ def crm_client(source: str, settings: Settings) -> CrmClient:
         from handoff_airflow.hooks import HandoffSalesforceHook
 
         return HandoffSalesforceHook().get_crm(settings)
+    if source == "hubspot":
+        from handoff_airflow.hooks import HubSpotHook
+
+        return HubSpotHook().get_crm(settings)
     raise ValueError(f"no CRM connector for source {source!r}")
 
 

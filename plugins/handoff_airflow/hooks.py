@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from simple_salesforce import Salesforce
 
     from handoff.config import Settings
+    from handoff.crm.hubspot import HubSpotCRM
     from handoff.crm.salesforce import SalesforceCRM
     from handoff.mail import MailTransport
 
@@ -96,6 +97,11 @@ class HubSpotHook(BaseHook):
 
     def get_conn(self) -> hubspot.Client:
         return self.conn
+
+    def get_crm(self, settings: Settings) -> HubSpotCRM:
+        from handoff.crm.hubspot import HubSpotCRM
+
+        return HubSpotCRM.from_settings(self.conn, settings)
 
     def test_connection(self) -> tuple[bool, str]:
         """One cheap read (an owner) proves the address and the token; the token never shows."""
