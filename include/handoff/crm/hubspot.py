@@ -26,6 +26,7 @@ Transport: every API object shares one connection pool whose policy is set here 
 
 from __future__ import annotations
 
+import calendar
 import html
 import importlib
 import json
@@ -35,7 +36,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from functools import cache, cached_property
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -942,8 +943,10 @@ def _ms_ceil(moment: datetime) -> int:
     bounds against it keep exactly the stamps inside ``[since, until)``."""
     if moment.tzinfo is None:
         raise ValueError(f"naive datetime {moment!r}: pass an aware UTC datetime")
-    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
-    return math.ceil(delta / timedelta(milliseconds=1))
+    # Integer microseconds, so any datetime subclass (Airflow hands tasks pendulum's) works.
+    utc = moment.astimezone(UTC)
+    micros = calendar.timegm(utc.timetuple()) * 1_000_000 + utc.microsecond
+    return -(-micros // 1000)
 
 
 def _moment(value: Any) -> pd.Timestamp | None:

@@ -638,11 +638,14 @@ def _seed_edge_case(
                 place=place,
             )
         )
-    changed = s.days_ago(1, hour_from=9, hour_to=17)
+    s.days_ago(1, hour_from=9, hour_to=17)  # drawn as before, so later records stay the same
+    changed = org_seed.edge_won_at(edge, s.today)
     created = changed - timedelta(days=rng.randint(20, 120))
     champion = edge.people[0]
     champion_name = f"{champion.first or ''} {champion.last}".strip()
-    amount = s.amount() if edge.random_amount else edge.amount
+    if edge.random_amount:
+        s.amount()
+    amount = org_seed.edge_amount(edge)
     enterprise = edge.amount is not None and edge.amount >= 100_000
     pipeline = ENTERPRISE_PIPELINE_ID if enterprise else DEFAULT_PIPELINE_ID
     props: dict[str, Any] = {

@@ -18,6 +18,7 @@ import logging
 import random
 import re
 import unicodedata
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -322,6 +323,22 @@ EDGE_CASES: tuple[_EdgeDeal, ...] = (
     ),
 )
 EDGE_CASE_DEALS: tuple[str, ...] = tuple(edge.deal for edge in EDGE_CASES)
+
+
+def edge_amount(edge: _EdgeDeal) -> float | None:
+    """The edge deal's amount, the same in every sandbox CRM (so one scenario plays out the
+    same through each connector): its own, or one derived from its name."""
+    if not edge.random_amount:
+        return edge.amount
+    return float(5_000 + zlib.crc32(edge.deal.encode()) % 80 * 1_000)
+
+
+def edge_won_at(edge: _EdgeDeal, today: date) -> datetime:
+    """When the edge deal became Closed Won: yesterday in working hours, from its name."""
+    minutes = zlib.crc32(edge.deal.encode()[::-1]) % (8 * 60)
+    return datetime.combine(today - timedelta(days=1), time(9), tzinfo=UTC) + timedelta(
+        minutes=minutes, milliseconds=zlib.crc32(edge.deal.encode()) % 1000
+    )
 
 
 def _ascii_slug(text: str, separator: str = "-") -> str:
@@ -782,11 +799,14 @@ def _seed_edge_case(
         )  # fmt: skip
         for person in edge.people
     ]
-    changed = s.days_ago(1, hour_from=9, hour_to=17)
+    s.days_ago(1, hour_from=9, hour_to=17)  # drawn as before, so later records stay the same
+    changed = edge_won_at(edge, s.today)
     created = changed - timedelta(days=rng.randint(20, 120))
     champion = edge.people[0]
     champion_name = f"{champion.first or ''} {champion.last}".strip()
-    amount = s.amount() if edge.random_amount else edge.amount
+    if edge.random_amount:
+        s.amount()
+    amount = edge_amount(edge)
     fields: dict[str, Any] = {
         "Name": edge.deal,
         "AccountId": account_id,
