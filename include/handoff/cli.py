@@ -222,6 +222,7 @@ def connection_env(salesforce_url: str, token: str, smtp_host: str, smtp_port: i
 def run_demo(args: argparse.Namespace) -> int:
     root = _prepare_airflow()
     from handoff.pipeline import format_summary, summary_line
+    from handoff.sandbox.hubspot_seed import seed_portal
     from handoff.sandbox.seed import seed_org
     from handoff.sandbox.server import SandboxServer
     from handoff.smtp_sink import SmtpSink
@@ -234,27 +235,55 @@ def run_demo(args: argparse.Namespace) -> int:
     demo_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HANDOFF_STATE_URL", f"sqlite:///{demo_dir / 'state.db'}")
     os.environ.setdefault("HANDOFF_RUN_DIR", str(demo_dir / "runs"))
+    # The sandbox is a Salesforce org and a HubSpot portal with the same clients: one DAG each.
+    os.environ.setdefault("HANDOFF_SOURCES", ",".join(SOURCES))
     sandbox_db = demo_dir / "sandbox.db"
+    summaries: dict[str, dict[str, Any]] = {}
+    code = 0
     with (
         SandboxServer(sandbox_db) as sandbox,
         SmtpSink(demo_dir / "mailbox") as sink,
     ):
         if sandbox.store.is_empty():
             seeded = seed_org(sandbox.store, seed=args.seed, deals=args.deals, today=args.today)
-            print(f"Seeded the sandbox CRM: {seeded}")
+            print(f"Seeded the sandbox Salesforce org: {seeded}")
+        if sandbox.hubspot_store.is_empty():
+            seeded = seed_portal(
+                sandbox.hubspot_store, seed=args.seed, deals=args.deals, today=args.today
+            )
+            print(f"Seeded the sandbox HubSpot portal: {seeded}")
         os.environ.update(connection_env(sandbox.url, sandbox.token, sink.host, sink.port))
         print(f"Sandbox CRM {sandbox.url} - SMTP sink {sink.host}:{sink.port}")
-        code, summary = run_dag("salesforce", None, verbose=args.verbose)
+        for source in SOURCES:
+            source_code, summary = run_dag(source, None, verbose=args.verbose)
+            code = code or source_code
+            if summary is not None:
+                summaries[source] = summary
         received = len(sink.messages)
-    if summary is None:
+    if not summaries:
         return code
-    print(format_summary(summary))
+    for source, summary in summaries.items():
+        print(f"\n=== {source} ===")
+        print(format_summary(summary))
     print(f"The SMTP sink received {received} messages; copies in {demo_dir / 'mailbox'}")
     index = _preview_a_demo_client(demo_dir)
     if index is not None:
         print(f"Every step of one demo client's 90 days, each email as they will read it: {index}")
-    print(summary_line(summary))
+    lines = {source: json.loads(summary_line(summary)) for source, summary in summaries.items()}
+    print(json.dumps(_combined(lines)))
     return code
+
+
+def _combined(lines: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One JSON line for several sources: the totals, and each source's own line."""
+    total: dict[str, Any] = {}
+    for source, line in lines.items():
+        for key, value in line.items():
+            if isinstance(value, int):
+                total[key] = total.get(key, 0) + value
+            elif isinstance(value, list):
+                total.setdefault(key, []).extend(f"{source}:{item}" for item in value)
+    return {**total, "sources": lines}
 
 
 def _preview_a_demo_client(demo_dir: Path) -> Path | None:

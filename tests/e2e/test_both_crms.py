@@ -99,3 +99,12 @@ def test_the_same_clients_get_the_same_emails_and_tasks_from_salesforce_and_hubs
     assert hubspot["steps"] == salesforce["steps"]
     statuses = {status for _, _, status in salesforce["steps"]}
     assert {"done", "skipped", "held"} <= statuses
+
+
+def test_a_hubspot_rerun_creates_no_duplicate_task_or_email(both, sandbox, smtp_sink):
+    dag = load_dag("hubspot")
+    assert dag.test(logical_date=RUN_AT).state == "success"
+    sent, tasks = len(smtp_sink.messages), sandbox.hubspot_store.count("tasks")
+    assert sent > 0 and tasks > 0
+    assert dag.test(logical_date=RUN_AT).state == "success"  # the same hour again
+    assert (len(smtp_sink.messages), sandbox.hubspot_store.count("tasks")) == (sent, tasks)
