@@ -22,35 +22,52 @@ from pathlib import Path
 from typing import Any
 
 from handoff.config import Settings, StateSettings, load_settings
+from handoff.crm.base import CrmClient
 from handoff.crm.http import build_session
 from handoff.crm.salesforce import SalesforceCRM
 from handoff.mail import smtp_transport
 from handoff.pipeline import steps_in_order
+from handoff.sandbox.hubspot_seed import seed_portal
 from handoff.sandbox.seed import seed_org
 from handoff.sandbox.server import SandboxServer
 from handoff.smtp_sink import SmtpSink
 from handoff.state import StateStore
 
 
-def run_benchmark(deals: int, *, seed: int = 7, today: date | None = None) -> dict[str, Any]:
+def run_benchmark(
+    deals: int, *, seed: int = 7, today: date | None = None, source: str = "salesforce"
+) -> dict[str, Any]:
     """First run on a fresh org (a fifth of its deals recent wins), then the same run again."""
     today = today or datetime.now(UTC).date()
     window_end = datetime.combine(today, datetime.min.time(), tzinfo=UTC) + timedelta(days=1)
-    with _world(deals, seed, today) as (settings, store, crm, sink, sandbox, seeding):
+    with _world(deals, seed, today, source=source) as (
+        settings,
+        store,
+        crm,
+        sink,
+        sandbox,
+        seeding,
+    ):
         runs = [_one_run(crm, store, settings, sink, window_end, f"bench-{n}") for n in (1, 2)]
         return {
             "scenario": "first-run",
+            "source": source,
             "deals": deals,
             **seeding,
             "runs": runs,
             "smtp_sessions": sink.sessions,
             "messages_received": len(sink.messages),
-            "sandbox_api_calls": sandbox.stats()["api_calls"],
+            "sandbox_api_calls": _sandbox_calls(sandbox, source),
         }
 
 
 def run_steady_state(
-    deals: int, onboarding: int, *, seed: int = 7, today: date | None = None
+    deals: int,
+    onboarding: int,
+    *,
+    seed: int = 7,
+    today: date | None = None,
+    source: str = "salesforce",
 ) -> dict[str, Any]:
     """An org with ``onboarding`` clients spread over their 90 days, adopted at first install;
     then one hourly run, and the same hour again with nothing left to do.
@@ -61,7 +78,9 @@ def run_steady_state(
     today = today or datetime.now(UTC).date()
     install = datetime.combine(today, datetime.min.time(), tzinfo=UTC) + timedelta(hours=10)
     share = min(1.0, onboarding / max(deals, 1))
-    with _world(deals, seed, today, onboarding_days=90, recent_share=share, adopt=True) as (
+    with _world(
+        deals, seed, today, onboarding_days=90, recent_share=share, adopt=True, source=source
+    ) as (
         settings,
         store,
         crm,
@@ -76,14 +95,21 @@ def run_steady_state(
         }
         return {
             "scenario": "steady-state",
+            "source": source,
             "deals": deals,
-            "onboarding": store.count_onboarding("salesforce"),
+            "onboarding": store.count_onboarding(source),
             **seeding,
             "runs": runs,
             "smtp_sessions": sink.sessions,
             "messages_received": len(sink.messages),
-            "sandbox_api_calls": sandbox.stats()["api_calls"],
+            "sandbox_api_calls": _sandbox_calls(sandbox, source),
         }
+
+
+def _sandbox_calls(sandbox: SandboxServer, source: str) -> int:
+    """API calls as the sandbox counted them (transport retries included)."""
+    stats = sandbox.hubspot_stats() if source == "hubspot" else sandbox.stats()
+    return int(stats["api_calls"])
 
 
 @contextmanager
@@ -95,6 +121,7 @@ def _world(
     onboarding_days: int = 3,
     recent_share: float = 0.2,
     adopt: bool = False,
+    source: str = "salesforce",
 ) -> Iterator[tuple]:
     """A seeded sandbox org, an SMTP sink and an empty state store, in a temp folder."""
     with tempfile.TemporaryDirectory(prefix="handoff-bench-") as folder:
@@ -112,8 +139,9 @@ def _world(
         )
         with SandboxServer(work / "sandbox.db") as sandbox, SmtpSink() as sink:
             started = time.perf_counter()
-            seeded = seed_org(
-                sandbox.store,
+            seed_crm = seed_portal if source == "hubspot" else seed_org
+            seeded = seed_crm(
+                sandbox.hubspot_store if source == "hubspot" else sandbox.store,
                 seed=seed,
                 deals=deals,
                 today=today,
@@ -123,23 +151,32 @@ def _world(
             seeding = {"seeded": seeded, "seed_seconds": round(time.perf_counter() - started, 2)}
             store = StateStore(settings.state.url)
             store.migrate()
-            crm = SalesforceCRM.from_settings(_client(sandbox), settings)
+            crm = _crm(sandbox, settings, source)
             try:
                 yield settings, store, crm, sink, sandbox, seeding
             finally:
                 store.dispose()
 
 
-def _client(sandbox: SandboxServer):
+def _crm(sandbox: SandboxServer, settings: Settings, source: str) -> CrmClient:
+    """The source's connector, through its real client library, pointed at the sandbox."""
+    if source == "hubspot":
+        import hubspot
+
+        from handoff.crm.hubspot import HubSpotCRM
+
+        client = hubspot.Client.create(access_token=sandbox.token, host=sandbox.url)
+        return HubSpotCRM.from_settings(client, settings)
     from simple_salesforce import Salesforce
 
-    return Salesforce(
+    client = Salesforce(
         instance_url=sandbox.url, session_id=sandbox.token, session=build_session(sandbox.url)
     )
+    return SalesforceCRM.from_settings(client, settings)
 
 
 def _one_run(
-    crm: SalesforceCRM,
+    crm: CrmClient,
     store: StateStore,
     settings: Settings,
     sink: SmtpSink,
@@ -166,7 +203,7 @@ def _one_run(
 
 def format_report(result: dict[str, Any]) -> str:
     lines = [
-        f"Benchmark ({result['scenario']}): {result['deals']} deals seeded in "
+        f"Benchmark ({result['scenario']}, {result['source']}): {result['deals']} deals seeded in "
         f"{result['seed_seconds']} s ({result['seeded'].get('recent_won')} recent wins"
         + (f", {result['onboarding']} clients in onboarding)" if "onboarding" in result else ")"),
         f"{'run':<9}{'step':<13}{'seconds':>9}{'API calls':>11}  result",

@@ -478,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("benchmark", help="time the pipeline on a large sandbox org")
     bench.add_argument("--deals", type=int, default=5000)
+    bench.add_argument("--source", choices=SOURCES, default="salesforce")
     bench.add_argument(
         "--scenario",
         choices=["first-run", "steady-state"],
@@ -536,9 +537,9 @@ def _benchmark(args: argparse.Namespace) -> int:
 
     logging.disable(logging.ERROR)  # the seeded bad-input deals would flood the report
     if args.scenario == "steady-state":
-        result = run_steady_state(args.deals, args.onboarding, seed=args.seed)
+        result = run_steady_state(args.deals, args.onboarding, seed=args.seed, source=args.source)
     else:
-        result = run_benchmark(args.deals, seed=args.seed)
+        result = run_benchmark(args.deals, seed=args.seed, source=args.source)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 

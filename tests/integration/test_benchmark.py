@@ -33,3 +33,26 @@ def test_api_calls_scale_with_batches_not_with_deals():
     assert second["total_api_calls"] == 1
     assert second["send_emails"]["emails_sent"] == 0 and second["write_tasks"]["tasks_created"] == 0
     assert "total" in format_report(result)
+
+
+def test_hubspot_calls_scale_with_batches_not_with_deals():
+    """HubSpot's batches: 200-deal search pages, 100-record batch reads and task creates."""
+    result = run_benchmark(1100, today=date(2026, 11, 23), source="hubspot")
+    first, second = result["runs"]
+    read = first["extract"]["deals_read"]
+    written = first["write_tasks"]["tasks_created"] + first["write_tasks"]["tasks_failed"]
+    refreshed = first["resolve"]["deals_refreshed"]
+    assert written > 0 and refreshed > 0
+    # Per 200-deal search page: the page, the deals' companies (one association read, then
+    # 100-record batch reads); once per run: pipelines, owners (live, archived), archived deals.
+    assert first["extract"]["api_calls"] <= 4 + 4 * math.ceil(read / 200)
+    # Contacts: associations (1,000 a call) and 100-record reads; the executive is a cached owner.
+    assert first["resolve"]["api_calls"] <= 3 + math.ceil(refreshed / 1000) + math.ceil(
+        refreshed / 100
+    )
+    # One check of the task key property, then 100-task batches.
+    assert first["write_tasks"]["api_calls"] == 1 + math.ceil(written / 100)
+    assert first["total_api_calls"] < (read + refreshed + written) / 10
+    # The next day finds nothing: a few reads, no writes, no mail.
+    assert second["total_api_calls"] <= 4
+    assert second["send_emails"]["emails_sent"] == 0 and second["write_tasks"]["tasks_created"] == 0
