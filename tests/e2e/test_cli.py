@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,21 @@ def test_handoff_run_at_replays_any_hour(connections, sandbox, smtp_sink, capfd)
     with pytest.raises(SystemExit) as refused:
         handoff(capfd, "run", "--at", "2026-11-20T16:00")
     assert refused.value.code == 2 and "has no time zone" in capfd.readouterr().err
+
+
+def test_handoff_run_source_hubspot_works_like_salesforce(
+    connections, sandbox, smtp_sink, capfd, monkeypatch
+):
+    from handoff.sandbox.hubspot_seed import seed_portal
+
+    seed_portal(sandbox.hubspot_store, seed=7, deals=20, today=date.fromisoformat(DAY))
+    with pytest.raises(SystemExit, match=r"is 'hubspot' in \[sources\].enabled\?"):
+        main(["run", "--source", "hubspot", "--date", DAY])
+
+    monkeypatch.setenv("HANDOFF_SOURCES", "hubspot")
+    code, output = handoff(capfd, "run", "--source", "hubspot", "--date", DAY)
+    assert code == 0, output
+    summary = last_json_line(output)
+    assert summary["emails_sent"] > 0 and summary["tasks_created"] > 0
+    assert summary["api_calls"] == sandbox.hubspot_stats()["api_calls"]
+    assert sandbox.stats()["api_calls"] == 0, "nothing asked of Salesforce"
