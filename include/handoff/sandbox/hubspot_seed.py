@@ -499,17 +499,10 @@ def _seed(
             company.contacts.append((contact_id, f"{first} {last}", title, not opted_out))
         companies.append(company)
 
-    n_recent = min(deals, max(4, round(deals * recent_share)))
-    n_old = min(deals - n_recent, round(deals * 0.2))
-    n_lost = min(deals - n_recent - n_old, round(deals * 0.15))
-    kinds = ["recent"] * n_recent + ["old"] * n_old + ["lost"] * n_lost
-    kinds += ["open"] * (deals - len(kinds))
-    rng.shuffle(kinds)
-    recent_positions = [i for i, kind in enumerate(kinds) if kind == "recent"]
-    shared_group = set(rng.sample(recent_positions, min(4, len(recent_positions))))
-    shared_stamp = s.midnight - timedelta(days=1) + timedelta(hours=2)
-    shared_day, shared_from, shared_to = (2, 8, 18) if onboarding_days > 1 else (1, 0, 2)
-    oldest_win = max(30, onboarding_days + 1)
+    plan = org_seed.deal_plan(rng, deals, s.midnight, onboarding_days, recent_share)
+    kinds, shared_group, shared_stamp = plan.kinds, plan.shared_group, plan.shared_stamp
+    shared_day, shared_from, shared_to = plan.shared_day, plan.shared_from, plan.shared_to
+    oldest_win = plan.oldest_win
 
     for position, kind in enumerate(kinds):
         company = rng.choice(companies)
@@ -606,7 +599,7 @@ def _seed(
         "deals": counts.get("deals", 0),
         "deal_contact_associations": counts.get("deal_contact_associations", 0),
         "pipelines": len(_PIPELINES),
-        "recent_won": n_recent + len(org_seed.EDGE_CASES),
+        "recent_won": kinds.count("recent") + len(org_seed.EDGE_CASES),
         "edge_cases": len(org_seed.EDGE_CASES),
         "shared_lastmodifieddate": format_ms(to_ms(shared_stamp)),
         "shared_lastmodifieddate_deals": len(shared_group),

@@ -325,6 +325,49 @@ EDGE_CASES: tuple[_EdgeDeal, ...] = (
 EDGE_CASE_DEALS: tuple[str, ...] = tuple(edge.deal for edge in EDGE_CASES)
 
 
+@dataclass(frozen=True)
+class DealPlan:
+    """What kind each seeded deal is, and the group that shares one modification stamp; one
+    plan for every sandbox CRM, so the same seed gives the same scenario in each."""
+
+    kinds: list[str]
+    shared_group: set[int]
+    shared_stamp: datetime
+    shared_day: int
+    shared_from: int
+    shared_to: int
+    oldest_win: int
+
+
+def deal_plan(
+    rng: random.Random,
+    deals: int,
+    midnight: datetime,
+    onboarding_days: int,
+    recent_share: float,
+) -> DealPlan:
+    n_recent = min(deals, max(4, round(deals * recent_share)))
+    n_old = min(deals - n_recent, round(deals * 0.2))
+    n_lost = min(deals - n_recent - n_old, round(deals * 0.15))
+    kinds = ["recent"] * n_recent + ["old"] * n_old + ["lost"] * n_lost
+    kinds += ["open"] * (deals - len(kinds))
+    rng.shuffle(kinds)
+    recent_positions = [i for i, kind in enumerate(kinds) if kind == "recent"]
+    shared_group = set(rng.sample(recent_positions, min(4, len(recent_positions))))
+    # Won the day before the bulk update at 02:00 yesterday; or, when the window is
+    # one day, yesterday before it.
+    shared_day, shared_from, shared_to = (2, 8, 18) if onboarding_days > 1 else (1, 0, 2)
+    return DealPlan(
+        kinds,
+        shared_group,
+        midnight - timedelta(days=1) + timedelta(hours=2),
+        shared_day,
+        shared_from,
+        shared_to,
+        max(30, onboarding_days + 1),
+    )
+
+
 def edge_amount(edge: _EdgeDeal) -> float | None:
     """The edge deal's amount, the same in every sandbox CRM (so one scenario plays out the
     same through each connector): its own, or one derived from its name."""
@@ -669,19 +712,10 @@ def _seed(s: _Seeder, deals: int, onboarding_days: int, recent_share: float) -> 
             info.contacts.append((contact_id, f"{first} {last}", title, not opted_out))
         accounts.append(info)
 
-    n_recent = min(deals, max(4, round(deals * recent_share)))
-    n_old = min(deals - n_recent, round(deals * 0.2))
-    n_lost = min(deals - n_recent - n_old, round(deals * 0.15))
-    kinds = ["recent"] * n_recent + ["old"] * n_old + ["lost"] * n_lost
-    kinds += ["open"] * (deals - len(kinds))
-    rng.shuffle(kinds)
-    recent_positions = [i for i, kind in enumerate(kinds) if kind == "recent"]
-    shared_group = set(rng.sample(recent_positions, min(4, len(recent_positions))))
-    shared_stamp = s.midnight - timedelta(days=1) + timedelta(hours=2)
-    # Won the day before the bulk update at 02:00 yesterday; or, when the window is
-    # one day, yesterday before it.
-    shared_day, shared_from, shared_to = (2, 8, 18) if onboarding_days > 1 else (1, 0, 2)
-    oldest_win = max(30, onboarding_days + 1)
+    plan = deal_plan(rng, deals, s.midnight, onboarding_days, recent_share)
+    kinds, shared_group, shared_stamp = plan.kinds, plan.shared_group, plan.shared_stamp
+    shared_day, shared_from, shared_to = plan.shared_day, plan.shared_from, plan.shared_to
+    oldest_win = plan.oldest_win
 
     for position, kind in enumerate(kinds):
         account = rng.choice(accounts)
@@ -767,7 +801,7 @@ def _seed(s: _Seeder, deals: int, onboarding_days: int, recent_share: float) -> 
         "contacts": counts.get("Contact", 0),
         "opportunities": counts.get("Opportunity", 0),
         "opportunity_contact_roles": counts.get("OpportunityContactRole", 0),
-        "recent_won": n_recent + len(EDGE_CASES),
+        "recent_won": kinds.count("recent") + len(EDGE_CASES),
         "edge_cases": len(EDGE_CASES),
         "shared_modstamp": shared_stamp.isoformat().replace("+00:00", "Z"),
         "shared_modstamp_deals": len(shared_group),
