@@ -58,11 +58,15 @@ def edge_addresses(sandbox) -> set[str]:
     }
 
 
-def client_mail(smtp_sink, addresses: set[str], start: int) -> set[tuple[str, str]]:
-    """(recipient, subject) of what the sink received since message ``start``."""
+def client_mail(smtp_sink, addresses: set[str], start: int) -> set[tuple[str, str, str]]:
+    """(recipient, subject, greeting line) of what the sink received since message ``start``."""
     mails = smtp_sink.messages[start:]
     return {
-        (m.message["To"].addresses[0].addr_spec.lower(), str(m.message["Subject"]))
+        (
+            m.message["To"].addresses[0].addr_spec.lower(),
+            str(m.message["Subject"]),
+            m.message.get_body(("plain",)).get_content().splitlines()[0],
+        )
         for m in mails
         if m.message["To"].addresses[0].addr_spec.lower() in addresses
     }
@@ -97,6 +101,8 @@ def test_the_same_clients_get_the_same_emails_and_tasks_from_salesforce_and_hubs
         }
         steps[source] = {item for item in steps[source] if item[0] in edge_accounts}
     assert mail["salesforce"], "the edge clients got their emails"
+    greetings = {greeting for _, _, greeting in mail["salesforce"]}
+    assert {"Dear Frau Dr. Weber,", "Dear 李伟,", "田中様,", "Hi Zoë,"} <= greetings
     assert mail["hubspot"] == mail["salesforce"]
     # Every step of every edge deal over the 90 days ended the same way in both CRMs.
     assert steps["hubspot"] == steps["salesforce"]
