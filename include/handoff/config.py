@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from datetime import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, model_validator
@@ -162,6 +162,48 @@ class ClientFields(_Section):
     account_country: str = ""
 
 
+class ActivityOutcomes(_Section):
+    """The CRM's own values for how a meeting or call ended, mapped onto four outcomes."""
+
+    completed: list[str] = ["Completed", "Held"]
+    no_show: list[str] = ["No Show", "No-show"]
+    cancelled: list[str] = ["Canceled", "Cancelled", "Rescheduled"]
+    scheduled: list[str] = ["Scheduled"]
+
+    def outcome_of(self, value: Any) -> str | None:
+        """The canonical outcome of a CRM value (case and spaces ignored); None: not known."""
+        text = str(value or "").strip().lower()
+        for outcome, values in self.model_dump().items():
+            if text and text in {v.strip().lower() for v in values}:
+                return outcome
+        return None
+
+
+class SalesforceActivities(_Section):
+    """Where a Salesforce org keeps what the red-flag rules read on Task, Event, EmailMessage."""
+
+    # A picklist on Event for how the meeting went (Salesforce has no standard one).
+    event_outcome_field: str = "Outcome__c"
+    outcomes: ActivityOutcomes = ActivityOutcomes()
+    # Task.Type values that are notes (read for scope-creep phrases), not to-dos.
+    note_types: list[str] = ["Note"]
+    # A checkbox on Opportunity a CSM ticks when the client asks for more than was sold.
+    scope_change_field: str = "Scope_Change_Requested__c"
+
+
+class HubSpotActivities(_Section):
+    """Where a HubSpot portal keeps what the red-flag rules read on its engagements."""
+
+    outcomes: ActivityOutcomes = ActivityOutcomes(
+        completed=["COMPLETED"],
+        no_show=["NO_SHOW"],
+        cancelled=["CANCELED", "RESCHEDULED"],
+        scheduled=["SCHEDULED"],
+    )
+    # A deal property (boolean) a CSM sets when the client asks for more than was sold.
+    scope_change_property: str = "scope_change_requested"
+
+
 class SalesforceSettings(_Section):
     csm_field: str = "Customer_Success_Manager__c"
     # Deals for clients we already have (upgrade, renewal): the field and its values.
@@ -173,6 +215,7 @@ class SalesforceSettings(_Section):
         "Renewal",
     ]
     client_fields: ClientFields = ClientFields()
+    activities: SalesforceActivities = SalesforceActivities()
 
     def labels(self) -> dict[str, str]:
         """How reasons name each canonical field in this CRM: what RevOps searches for."""
@@ -221,6 +264,7 @@ class HubSpotSettings(_Section):
         account_time_zone="",
         account_country="country",
     )
+    activities: HubSpotActivities = HubSpotActivities()
     handoff_fields: HandoffFields = HandoffFields(
         situation="handoff_situation",
         goals="handoff_goals",
@@ -254,6 +298,58 @@ class HubSpotSettings(_Section):
         }
 
 
+class RedFlagSettings(_Section):
+    """Thresholds of the red-flag rules (framework section 4) and who hears of a new flag.
+
+    Clocks that measure the client ("hours", "business days") run on the client's business days
+    in their time zone: weekends and their country's public holidays do not count.
+    """
+
+    enabled: bool = True
+    first_contact_hours: float = Field(4, gt=0)
+    kickoff_by_day: int = Field(5, ge=1)
+    client_response_hours: float = Field(48, gt=0)
+    missed_meetings: int = Field(2, ge=1)
+    first_win_by_day: int = Field(30, ge=1)
+    quiet_days: int = Field(14, ge=1)
+    # Phrases in the client's own mail and in notes that mean "more than was sold".
+    scope_creep_phrases: list[str] = [
+        "additional module",
+        "additional users",
+        "additional seats",
+        "extra users",
+        "not in the contract",
+        "not in the original",
+        "wasn't in the quote",
+        "was not in the quote",
+        "outside the scope",
+        "out of scope",
+        "can you also add",
+        "could you also add",
+        "custom development",
+    ]
+    # Only phrases this recent count: an old request already handled does not stay a flag.
+    scope_creep_days: int = Field(14, ge=1)
+    # A meeting is the kickoff when its subject holds one of these (or the playbook's
+    # kickoff_call task is completed in the CRM).
+    kickoff_phrases: list[str] = ["kickoff", "kick-off", "kick off", "strategic alignment"]
+    kickoff_steps: list[str] = ["kickoff_call"]
+    # A first win is logged when a completed activity's subject holds one of these (or the
+    # playbook's first_visible_win task is completed in the CRM).
+    milestone_phrases: list[str] = ["milestone", "first win", "went live", "go-live", "go live"]
+    milestone_steps: list[str] = ["first_visible_win"]
+    # A meeting in the past whose outcome nobody logged counts as held (most CRMs leave the
+    # outcome empty for a meeting that simply happened).
+    unlogged_past_meetings_held: bool = True
+    # A new flag: a high-priority task for the account owner (else the rep), due in this many
+    # days, and one internal email to these leaders. Never a client address.
+    owner_task_due_days: int = Field(1, ge=0)
+    notify: list[EmailStr] = []
+    # Extra internal domains (the sender's and the From address's always are): a notification
+    # to any other domain is refused.
+    internal_domains: list[str] = []
+
+
 class DispatchSettings(_Section):
     """How sending and CRM writes share work and settle answers that never arrived."""
 
@@ -284,6 +380,7 @@ class Settings(_Section):
     salesforce: SalesforceSettings
     hubspot: HubSpotSettings = HubSpotSettings()
     dispatch: DispatchSettings = DispatchSettings()
+    red_flags: RedFlagSettings = RedFlagSettings()
     state: StateSettings = StateSettings()
     output: OutputSettings = OutputSettings()
     # Not read from the file: the validated playbook that [playbook].file names.

@@ -80,6 +80,8 @@ class Deal:
     deal_type: str | None = None  # the CRM's own value; the segment is read from it by config
     account_time_zone: str | None = None
     account_country: str | None = None
+    # The CRM's own "the client asked for more than was sold" flag (field map), if the org has one.
+    scope_change: bool | None = None
 
     def to_record(self) -> dict[str, Any]:
         record = asdict(self)
@@ -114,6 +116,7 @@ class Deal:
             deal_type=record.get("deal_type"),
             account_time_zone=record.get("account_time_zone"),
             account_country=record.get("account_country"),
+            scope_change=record.get("scope_change"),
         )
 
     def missing_handoff_fields(self) -> list[str]:

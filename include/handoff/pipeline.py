@@ -151,8 +151,18 @@ def _deal_row(crm: CrmClient, record: dict[str, Any]) -> dict[str, Any]:
         deal_type=record.get("deal_type"),
         account_time_zone=record.get("account_time_zone"),
         account_country=record.get("account_country"),
+        scope_change=_flag(record.get("scope_change")),
     )
     return snapshot_row(deal, record["modstamp"].to_pydatetime())
+
+
+def _flag(value: Any) -> bool | None:
+    """A CRM checkbox as read: True, False, or None when the org has no such field."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if isinstance(value, str):
+        return value.strip().lower() in {"true", "yes", "1"}
+    return bool(value)
 
 
 def snapshot_row(deal: Deal, modstamp: datetime) -> dict[str, Any]:

@@ -6,7 +6,7 @@ what the dispatcher may do next depends only on that: retry as is, settle by loo
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -42,7 +42,27 @@ DEAL_COLUMNS = [
 ]
 # Org-specific columns the field map may leave unread (then None): the deal's type and where
 # the client's company is.
-OPTIONAL_DEAL_COLUMNS = ["deal_type", "account_time_zone", "account_country"]
+OPTIONAL_DEAL_COLUMNS = ["deal_type", "account_time_zone", "account_country", "scope_change"]
+
+# Columns of the normalised activity frame (one row an activity, linked to one deal).
+ACTIVITY_COLUMNS = [
+    "activity_id",  # unique within the source (HubSpot: "<object type>:<id>")
+    "deal_id",
+    "kind",  # email | call | meeting | note | task
+    "direction",  # outbound (we reach the client) | inbound (the client reaches us) | internal
+    "occurred_at",  # UTC: sent, logged, or the meeting's start
+    "outcome",  # completed | no_show | cancelled | scheduled | None (meetings, calls, tasks)
+    "subject",
+    "snippet",  # the body's first 500 characters, for phrases and reasons
+    "owner_id",  # the CRM user who did it (None for the client's own mail)
+    "handoff_key",  # a task Handoff Autopilot wrote: its dedupe key
+    "is_deleted",
+    "modstamp",  # UTC: the record's last change, the incremental cursor
+]
+ACTIVITY_KINDS = ("email", "call", "meeting", "note", "task")
+ACTIVITY_DIRECTIONS = ("outbound", "inbound", "internal")
+ACTIVITY_OUTCOMES = ("completed", "no_show", "cancelled", "scheduled")
+SNIPPET_CHARS = 500
 
 
 class CrmError(HandoffError):
@@ -80,6 +100,25 @@ class CrmClient(Protocol):
 
         Frames have the columns of ``DEAL_COLUMNS`` plus one ``doc_<key>`` column per handoff
         field; timestamps are UTC.
+        """
+
+    @property
+    def activity_streams(self) -> tuple[str, ...]:
+        """The connector's activity streams, each with its own watermark (e.g. "Task")."""
+
+    def iter_activities(
+        self,
+        stream: str,
+        deals: Mapping[str, str | None],
+        since: datetime | None,
+        until: datetime,
+    ) -> Iterator[pd.DataFrame]:
+        """Activities of one stream on these deals, modified in ``[since, until)`` (``since``
+        None: all of them), deleted ones included, one frame a page.
+
+        ``deals`` maps each deal id to its primary contact id (or None): an activity logged on
+        the contact counts for the deal. Reads go in batches of deals, never a call per deal.
+        Frames have the columns of ``ACTIVITY_COLUMNS``; timestamps are UTC.
         """
 
     def primary_contacts(self, deal_ids: Sequence[str]) -> dict[str, Contact]:
