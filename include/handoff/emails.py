@@ -84,6 +84,20 @@ class EmailRenderer:
             preheader=preheader,
         )
 
+    def render_internal(self, template: str, context: Any) -> RenderedEmail:
+        """An internal note (a red-flag alert) from its own context object: internal facts are
+        allowed, so it never takes a client's context and never goes to a client."""
+        if isinstance(context, ClientEmailContext) or not hasattr(context, "for_template"):
+            raise TypeError("internal templates take an internal context, not a client's")
+        values = context.for_template()
+        subject = " ".join(
+            self.env.get_template(f"{template}/subject.txt.j2").render(values).split()
+        )
+        values["subject"] = subject
+        text = self.env.get_template(f"{template}/body.txt.j2").render(values)
+        html = self.env.get_template(f"{template}/body.html.j2").render(values)
+        return RenderedEmail(subject, text.strip() + "\n", INLINER.inline(html), "")
+
 
 def _render_html(body: Template, values: dict[str, Any]) -> tuple[str, str]:
     """The HTML, and its ``preheader`` block again as plain text, from the same render: the

@@ -48,8 +48,16 @@ from handoff.models import (
     WriteResult,
 )
 from handoff.planning import People, Resolution, resolve, task_from_payload
+from handoff.redflags.escalation import TEMPLATE as ESCALATION_TEMPLATE
+from handoff.redflags.escalation import (
+    InternalAlertContext,
+    is_escalation,
+    resolve_escalation,
+)
+from handoff.redflags.steps import evaluate_red_flags, extract_activities
 from handoff.schedule import plan_due_steps
 from handoff.schedule import record as record_plan
+from handoff.state.redflag_store import RedFlagStore
 from handoff.state.store import Since, StateStore
 
 log = logging.getLogger(__name__)
@@ -530,6 +538,18 @@ def _resolve_row(
     """The row's step for its deal, from the latest snapshot (who and what, decided now)."""
     step = settings.plan.step(row.step)
     label = row.label
+    if step is None and is_escalation(row.step) and "redflag" in row.payload:
+        deal = deals.get(row.deal_id)
+        if deal is None:
+            return Resolution(
+                ActionStatus.FAILED, {}, f"{label}: no snapshot of the deal is stored"
+            )
+        try:
+            return resolve_escalation(deal, row.step, row.payload, settings, run.window_end)
+        except Exception as exc:  # one deal's bad data must not hold up the others
+            return Resolution(
+                ActionStatus.FAILED, {}, f"{label}: {row.step} could not be prepared: {exc}"
+            )
     if step is None:
         return Resolution(
             ActionStatus.SKIPPED,
@@ -564,7 +584,7 @@ EMAIL_CLAIM = 20  # rows claimed at a time: a crash leaves few rows waiting on a
 def check_templates(settings: Settings) -> EmailRenderer:
     """The renderer, once every template the planner uses loads: a config error otherwise."""
     renderer = EmailRenderer(settings.output.templates_dir)
-    for template in settings.plan.templates:
+    for template in (*settings.plan.templates, ESCALATION_TEMPLATE):
         renderer.check(template)
     return renderer
 
@@ -685,9 +705,14 @@ def _wait_for_business_hours(store, run, row: OutboxRow, resolved: Resolution) -
 
 def _send_one(store, run, settings: Settings, mailing: _Mailing, row, counts) -> None:
     key, payload = row.dedupe_key, row.payload
-    context = ClientEmailContext.from_dict(payload["context"])
+    internal = payload.get("audience") == "internal"
+    context: Any = (
+        InternalAlertContext.from_dict(payload["context"])
+        if internal
+        else ClientEmailContext.from_dict(payload["context"])
+    )
     headers: dict[str, str] = {}
-    if payload.get("promotional"):
+    if payload.get("promotional") and not internal:
         token = unsubscribe_token(mailing.unsubscribe_secret, key)
         store.remember_token(
             token, row.source, row.deal_id, payload["contact_id"], payload["to"]["email"], row.step
@@ -701,7 +726,10 @@ def _send_one(store, run, settings: Settings, mailing: _Mailing, row, counts) ->
         )
         headers = unsubscribe_headers(url, mailto, token)
     try:
-        rendered = mailing.renderer.render(payload["template"], context)
+        if internal:
+            rendered = mailing.renderer.render_internal(payload["template"], context)
+        else:
+            rendered = mailing.renderer.render(payload["template"], context)
     except TemplateError as exc:  # the templates, not the deal: stop the run, fail nothing
         raise ConfigError(f"the email template {payload['template']!r} failed: {exc}") from exc
     mid = message_id(key, mailing.domain_sender, mailing.installation)
@@ -966,6 +994,8 @@ def steps_in_order(
     return {
         "extract": lambda: extract_changes(crm, store, settings, window_end),
         "detect": lambda: detect_new_wins(store, settings, crm, run("detect")),
+        "read_activities": lambda: extract_activities(crm, store, settings, window_end),
+        "red_flags": lambda: evaluate_red_flags(store, settings, crm.source, run_id, window_end),
         "plan": lambda: plan_steps(store, settings, crm.source, run("plan")),
         "resolve": lambda: refresh_contacts(crm, store, run("resolve"), settings),
         "send_emails": lambda: send_emails(
@@ -1018,6 +1048,7 @@ def summarise(
         for s in store.steps(run.run_id)
         if s["status"] == "failed"
     ]
+    flag_rows = RedFlagStore(store)
     summary = {
         "run_id": run.run_id,
         "source": source,
@@ -1041,6 +1072,15 @@ def summarise(
             {"deal_id": i["deal_id"], "field": i["field"], "reason": i["reason"]}
             for i in store.issues(run_id=run.run_id)
         ],
+        "red_flags": [
+            {k: f[k] for k in ("deal_id", "code", "severity", "episode", "reason")}
+            for f in flag_rows.flag_rows(source=source, raised_run=run.run_id)
+        ],
+        "red_flags_resolved": [
+            {k: f[k] for k in ("deal_id", "code", "episode", "resolved_reason")}
+            for f in flag_rows.flag_rows(source=source, resolved_run=run.run_id)
+        ],
+        "flags_open": len(flag_rows.flag_rows(source=source, status="open")),
         "emails_sent": len(of(ActionKind.EMAIL, ActionStatus.DONE)),
         "tasks_created": len(of(ActionKind.TASK, ActionStatus.DONE)),
         "skipped": sum(1 for r in finished if r["status"] == ActionStatus.SKIPPED),
@@ -1111,6 +1151,19 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary["waiting"]:
         lines.append(f"Still to do (waiting): {len(summary['waiting'])}")
         lines += [f"  - [{w['status']}] {w['step']}: {w['reason']}" for w in summary["waiting"]]
+    if summary.get("red_flags") or summary.get("red_flags_resolved"):
+        lines.append(
+            f"Red flags raised: {len(summary['red_flags'])}, resolved: "
+            f"{len(summary['red_flags_resolved'])}, open: {summary['flags_open']}"
+        )
+        lines += [
+            f"  - [{f['severity']}] {f['code']} on {f['deal_id']}: {f['reason']}"
+            for f in summary["red_flags"]
+        ]
+        lines += [
+            f"  - resolved {f['code']} on {f['deal_id']}: {f['resolved_reason']}"
+            for f in summary["red_flags_resolved"]
+        ]
     if summary["issues"]:
         lines.append(f"Data issues: {len(summary['issues'])}")
         lines += [f"  - {i['reason']}" for i in summary["issues"]]
@@ -1127,6 +1180,8 @@ def summary_line(summary: dict[str, Any]) -> str:
             "waiting": len(summary["waiting"]),
             "held": sum(1 for w in summary["waiting"] if w["status"] == ActionStatus.HELD),
             "new_deals": len(summary["new_deals"]),
+            "flags_raised": len(summary.get("red_flags", [])),
+            "flags_open": summary.get("flags_open", 0),
             "failed_steps": [f["step"] for f in summary["failed_steps"]],
         }
     )

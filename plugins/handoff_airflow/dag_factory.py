@@ -32,6 +32,11 @@ its last run and:
 - plans every step of the **playbook** (`include/config/playbook.toml`) that falls due: the
   welcome sequence, weekly check-ins, reviews and the referral ask for the client; CRM tasks
   for the CSM, the rep, the executive and the account owner;
+- reads what happened on every client in their 90 days (emails, calls, meetings, notes) and
+  raises **red flags** (no first contact within 4 h, no kickoff by day 5, a client slow to
+  answer or gone quiet, missed meetings, scope creep, no first win by day 30, an incomplete
+  handoff document): each new flag gives the account owner one high-priority task and the
+  leaders in `[red_flags].notify` one internal note, once; a flag that clears is resolved;
 - holds client emails while the rep's **handoff document** is incomplete (the rep gets a task
   listing what is missing) and releases them once it is complete;
 - re-reads the primary contacts of the deals with a step due (consent is checked when a mail
@@ -132,6 +137,27 @@ def handoff_dag(source: str, cron: str):
                 return detect_new_wins(store, settings, crm, run)
 
         @task
+        def read_activities(detected: dict, **context) -> dict:
+            from handoff.redflags.steps import extract_activities
+            from handoff_airflow.runtime import is_dry_run, step
+
+            if is_dry_run(context):
+                return {"dry_run": True}
+            with step(context, SOURCE) as (settings, store, run):
+                crm = crm_client(SOURCE, settings)
+                return extract_activities(crm, store, settings, run.window_end)
+
+        @task
+        def red_flags(activities: dict, **context) -> dict:
+            from handoff.redflags.steps import evaluate_red_flags
+            from handoff_airflow.runtime import is_dry_run, step
+
+            if is_dry_run(context):
+                return {"dry_run": True}
+            with step(context, SOURCE) as (settings, store, run):
+                return evaluate_red_flags(store, settings, SOURCE, run.run_id, run.window_end)
+
+        @task
         def plan(detected: dict, **context) -> dict:
             from handoff.pipeline import dry_run, format_dry_run, plan_steps
             from handoff_airflow.runtime import is_dry_run, step
@@ -184,6 +210,7 @@ def handoff_dag(source: str, cron: str):
         def summarise(
             extracted: dict | None,
             detected: dict | None,
+            activities: dict | None,
             resolved: dict | None,
             emails: dict | None,
             tasks: dict | None,
@@ -195,7 +222,8 @@ def handoff_dag(source: str, cron: str):
 
             if is_dry_run(context):
                 return {"dry_run": True}
-            counts = (extracted, detected, resolved, emails, tasks)  # None for a step that failed
+            # None for a step that failed
+            counts = (extracted, detected, activities, resolved, emails, tasks)
             api_calls = sum(c.get("api_calls", 0) for c in counts if c)
             with step(context, SOURCE) as (settings, store, run):
                 summary = summarise(store, settings, SOURCE, run, api_calls)
@@ -208,7 +236,10 @@ def handoff_dag(source: str, cron: str):
 
         extracted = extract(preflight())
         detected = detect(extracted)
-        resolved = resolve(plan(detected))
-        summarise(extracted, detected, resolved, send_emails(resolved), write_tasks(resolved))
+        activities = read_activities(detected)
+        resolved = resolve(plan(red_flags(activities)))
+        summarise(
+            extracted, detected, activities, resolved, send_emails(resolved), write_tasks(resolved)
+        )
 
     return handoff()

@@ -55,6 +55,8 @@ def test_the_salesforce_dag_runs_the_handoff_steps_in_order(dag_bag):
         "preflight",
         "extract",
         "detect",
+        "read_activities",
+        "red_flags",
         "plan",
         "resolve",
         "send_emails",
@@ -63,7 +65,9 @@ def test_the_salesforce_dag_runs_the_handoff_steps_in_order(dag_bag):
     }
     assert dag.get_task("extract").upstream_task_ids == {"preflight"}
     assert dag.get_task("detect").upstream_task_ids == {"extract"}
-    assert dag.get_task("plan").upstream_task_ids == {"detect"}
+    assert dag.get_task("read_activities").upstream_task_ids == {"detect"}
+    assert dag.get_task("red_flags").upstream_task_ids == {"read_activities"}
+    assert dag.get_task("plan").upstream_task_ids == {"red_flags"}
     assert dag.get_task("resolve").upstream_task_ids == {"plan"}
     assert dag.get_task("send_emails").upstream_task_ids == {"resolve"}
     assert dag.get_task("write_tasks").upstream_task_ids == {"resolve"}
@@ -71,6 +75,7 @@ def test_the_salesforce_dag_runs_the_handoff_steps_in_order(dag_bag):
     assert summarise.upstream_task_ids == {
         "extract",
         "detect",
+        "read_activities",
         "resolve",
         "send_emails",
         "write_tasks",

@@ -193,3 +193,60 @@ opt_outs = Table(
     Column("crm_error", Text, nullable=True),
     Index("ix_handoff_opt_outs_unwritten", "source", "crm_written_at"),
 )
+
+# What happened on each onboarding deal (emails, calls, meetings, notes, tasks), as the CRM
+# logged it: what the red-flag rules and the metrics read. One row per activity and deal (an
+# activity on a contact counts for each deal it is the primary contact of).
+activities = Table(
+    "handoff_activities",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("activity_id", String(96), primary_key=True),
+    Column("deal_id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("direction", String(16), nullable=False),
+    Column("occurred_at", UtcDateTime, nullable=True),
+    Column("outcome", String(16), nullable=True),
+    Column("subject", Text, nullable=True),
+    Column("snippet", Text, nullable=True),
+    Column("owner_id", String(64), nullable=True),
+    Column("handoff_key", String(250), nullable=True),
+    Column("is_deleted", Boolean, nullable=False),
+    Column("modstamp", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index("ix_handoff_activities_deal", "source", "deal_id"),
+)
+
+# Deals whose whole activity history has been read once: after that, the streams' watermarks
+# bring only what changed.
+activity_coverage = Table(
+    "handoff_activity_coverage",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("deal_id", String(64), primary_key=True),
+    Column("read_at", UtcDateTime, nullable=False),
+)
+
+# Red flags: one row per episode of a rule holding for a deal. A new episode escalates once (its
+# outbox rows carry the episode in their key); it is resolved when the rule stops holding, and a
+# later return is a new episode.
+flags = Table(
+    "handoff_flags",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(32), nullable=False),
+    Column("deal_id", String(64), nullable=False),
+    Column("code", String(64), nullable=False),
+    Column("episode", Integer, nullable=False),
+    Column("status", String(16), nullable=False),  # open | resolved
+    Column("severity", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("raised_at", UtcDateTime, nullable=False),
+    Column("raised_run", String(250), nullable=False),
+    Column("resolved_at", UtcDateTime, nullable=True),
+    Column("resolved_reason", Text, nullable=True),
+    Column("resolved_run", String(250), nullable=True),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("source", "deal_id", "code", "episode", name="uq_handoff_flags_episode"),
+    Index("ix_handoff_flags_open", "source", "status"),
+)

@@ -506,36 +506,11 @@ class StateStore:
         ``release``: deals whose held steps may now go out.
         """
         now = utcnow()
-        rows = [
-            {
-                "dedupe_key": action.dedupe_key,
-                "source": action.source,
-                "deal_id": action.deal_id,
-                "step": action.step,
-                "kind": action.kind,
-                "status": action.status,
-                "payload": action.payload,
-                "due_at": action.due_at or now,
-                "not_after": action.not_after,
-                "attempts": 0,
-                "reason": action.reason,
-                "planned_run": run_id,
-                "finished_run": run_id
-                if action.status not in (ActionStatus.PENDING, ActionStatus.HELD)
-                else None,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for action in actions
-        ]
+        rows = self.outbox_values(actions, run_id, now)
         inserted = 0
         with self.engine.begin() as conn:
             if rows:
-                stmt = self._insert(outbox).on_conflict_do_nothing(
-                    index_elements=[outbox.c.dedupe_key]
-                )
-                # RETURNING yields only the rows inserted: a key already there adds nothing.
-                inserted = len(conn.execute(stmt.returning(outbox.c.id), rows).all())
+                inserted = self.insert_outbox(conn, rows)
             self._insert_issues(conn, issues, run_id)
             if next_steps:
                 conn.execute(
@@ -579,6 +554,40 @@ class StateStore:
                     )
                 )
         return inserted
+
+    @staticmethod
+    def outbox_values(
+        actions: Sequence[PlannedAction], run_id: str, now: datetime
+    ) -> list[dict[str, Any]]:
+        """Outbox rows for planned actions, as ``insert_outbox`` takes them."""
+        return [
+            {
+                "dedupe_key": action.dedupe_key,
+                "source": action.source,
+                "deal_id": action.deal_id,
+                "step": action.step,
+                "kind": action.kind,
+                "status": action.status,
+                "payload": action.payload,
+                "due_at": action.due_at or now,
+                "not_after": action.not_after,
+                "attempts": 0,
+                "reason": action.reason,
+                "planned_run": run_id,
+                "finished_run": run_id
+                if action.status not in (ActionStatus.PENDING, ActionStatus.HELD)
+                else None,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for action in actions
+        ]
+
+    def insert_outbox(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert outbox rows whose key is new, in the caller's transaction; return how many."""
+        stmt = self._insert(outbox).on_conflict_do_nothing(index_elements=[outbox.c.dedupe_key])
+        # RETURNING yields only the rows inserted: a key already there adds nothing.
+        return len(conn.execute(stmt.returning(outbox.c.id), rows).all())
 
     @staticmethod
     def _late(source: str, at: datetime):

@@ -1,0 +1,373 @@
+"""The red-flag rules, evaluated for every onboarding deal at once.
+
+Input: one frame of deals (one row each, with the client's zone and country and the people's
+names) and one frame of their activities (``crm.base.ACTIVITY_COLUMNS``). Output: one row per
+rule that holds for a deal, with a severity and a reason a person understands. Every threshold
+is a setting (``[red_flags]``). The rules read only what the CRM logged; what counts as what:
+
+- a *CS touch*: an outbound email or call, a meeting that was held, a completed task of ours;
+- a *client touch*: anything inbound from the client, a held meeting, a completed call;
+- *outreach*: an outbound email, answered by the client's next touch;
+- a *held meeting*: outcome completed, or (setting) a past meeting nobody logged an outcome for;
+- the *kickoff*: a held meeting whose subject names it, or our kickoff task completed;
+- a *first win*: a completed task or a note whose subject names a milestone, or our
+  first-visible-win task completed.
+
+False positives the rules avoid, each with a seeded case in the sandbox: phrases in our own
+mail or in the quoted part of a client's reply are not the client's request; a Friday
+question answered on Monday is not slow (the business clock); a deal won on a Friday evening
+is contacted in time on Monday morning; a client with a meeting booked is not quiet; a
+cancelled meeting is not a no-show, and no-shows before a meeting the client attended are
+forgiven; an inbound "go-live" is not a milestone we logged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+
+from handoff.client_locale import SendingWindow
+from handoff.config import RedFlagSettings
+from handoff.planning import HANDOFF_DOC_LABELS
+from handoff.redflags.clock import business_hours_between
+
+FLAG_COLUMNS = ["deal_id", "code", "severity", "reason"]
+
+SEVERITY = {
+    "handoff_doc_incomplete": "medium",
+    "no_first_contact": "high",
+    "no_kickoff": "high",
+    "slow_client_response": "medium",
+    "missed_meetings": "high",
+    "scope_creep": "medium",
+    "no_first_win": "medium",
+    "gone_quiet": "high",
+}
+TITLES = {
+    "handoff_doc_incomplete": "Handoff document incomplete",
+    "no_first_contact": "No first contact from customer success",
+    "no_kickoff": "No kickoff",
+    "slow_client_response": "Client slow to answer",
+    "missed_meetings": "Missed meetings",
+    "scope_creep": "Scope creep",
+    "no_first_win": "No first win",
+    "gone_quiet": "Client gone quiet",
+}
+
+# Deals frame columns the rules read.
+DEAL_FIELDS = [
+    "deal_id", "won_at", "zone", "country", "owner_id", "owner_name", "csm_id", "csm_name",
+    "missing_doc", "scope_change",
+]  # fmt: skip
+
+# A reply's quoted part: lines starting with ">" and everything from an "On ... wrote:" line.
+_QUOTED = re.compile(r"(?ms)^On [^\n]*wrote:\s*$.*|^>[^\n]*$")
+
+
+@dataclass(frozen=True)
+class RuleInput:
+    deals: pd.DataFrame
+    activities: pd.DataFrame
+    as_of: datetime
+    settings: RedFlagSettings
+    window: SendingWindow
+
+
+def evaluate(data: RuleInput) -> pd.DataFrame:
+    """Every rule over every deal: one row per flag that holds as of ``data.as_of``."""
+    if data.deals.empty:
+        return pd.DataFrame(columns=FLAG_COLUMNS)
+    acts = _prepared(data)
+    found = [
+        rule(data, acts)
+        for rule in (
+            _handoff_doc_incomplete,
+            _no_first_contact,
+            _no_kickoff,
+            _slow_client_response,
+            _missed_meetings,
+            _scope_creep,
+            _no_first_win,
+            _gone_quiet,
+        )
+    ]
+    flags = (
+        pd.concat([f for f in found if not f.empty], ignore_index=True)
+        if any(not f.empty for f in found)
+        else pd.DataFrame(columns=["deal_id", "code", "reason"])
+    )
+    flags["severity"] = flags["code"].map(SEVERITY)
+    return flags[FLAG_COLUMNS].sort_values(["deal_id", "code"], ignore_index=True)
+
+
+# -- what each activity is --------------------------------------------------------------------
+
+
+def _phrases(words: list[str]) -> re.Pattern[str] | None:
+    if not words:
+        return None
+    return re.compile(
+        r"(?<!\w)(?:" + "|".join(re.escape(w.strip()) for w in words if w.strip()) + r")(?!\w)",
+        re.IGNORECASE,
+    )
+
+
+def _matches(text: pd.Series, words: list[str]) -> pd.Series:
+    pattern = _phrases(words)
+    if pattern is None:
+        return pd.Series(False, index=text.index)
+    return text.astype(object).fillna("").str.contains(pattern, regex=True)
+
+
+def _prepared(data: RuleInput) -> pd.DataFrame:
+    """Activities after the win, with what each one counts as (boolean columns)."""
+    s = data.settings
+    acts = data.activities.merge(data.deals[["deal_id", "won_at"]], on="deal_id", how="inner")
+    acts = acts[acts["occurred_at"].notna() & (acts["occurred_at"] >= acts["won_at"])].copy()
+    as_of = pd.Timestamp(data.as_of)
+    past = acts["occurred_at"] <= as_of
+    kind, direction, outcome = acts["kind"], acts["direction"], acts["outcome"]
+    step = acts["handoff_key"].astype(object).fillna("").str.rsplit(":", n=1).str[-1]
+    meeting = kind == "meeting"
+    unlogged = outcome.isna() & s.unlogged_past_meetings_held
+    acts["held"] = meeting & past & ((outcome == "completed") | unlogged)
+    acts["no_show"] = meeting & past & (outcome == "no_show")
+    acts["booked"] = meeting & ~past & ~outcome.isin(["cancelled", "no_show"])
+    completed_task = (kind == "task") & (outcome == "completed") & past
+    call_done = (kind == "call") & (outcome == "completed") & past
+    acts["cs_touch"] = past & (
+        ((direction == "outbound") & kind.isin(["email", "call"]))
+        | acts["held"]
+        | (completed_task & (step == "first_cs_contact"))
+    )
+    acts["client_touch"] = past & ((direction == "inbound") | acts["held"] | call_done)
+    acts["outreach"] = past & (direction == "outbound") & (kind == "email")
+    subject = acts["subject"].astype(object).fillna("")
+    acts["kickoff"] = (acts["held"] & _matches(subject, s.kickoff_phrases)) | (
+        completed_task & step.isin(s.kickoff_steps)
+    )
+    logged_win = (completed_task | ((kind == "note") & past)) & _matches(
+        subject, s.milestone_phrases
+    )
+    acts["milestone"] = logged_win | (completed_task & step.isin(s.milestone_steps))
+    client_words = past & (((direction == "inbound") & (kind == "email")) | (kind == "note"))
+    text = (subject + "\n" + acts["snippet"].astype(object).fillna("")).str.replace(
+        _QUOTED, "", regex=True
+    )
+    acts["scope_text"] = text.where(client_words, "")
+    return acts
+
+
+# -- the rules --------------------------------------------------------------------------------
+
+
+def _flags(deals: pd.DataFrame, mask: pd.Series, code: str, reasons: pd.Series) -> pd.DataFrame:
+    hit = deals[mask.reindex(deals.index, fill_value=False)]
+    return pd.DataFrame(
+        {"deal_id": hit["deal_id"], "code": code, "reason": reasons.reindex(hit.index)}
+    )
+
+
+def _per_deal(deals: pd.DataFrame, values: pd.Series) -> pd.Series:
+    """A per-deal aggregate (indexed by deal id) aligned to the deals frame."""
+    return deals["deal_id"].map(values)
+
+
+def _day(moments: pd.Series, zones: pd.Series) -> pd.Series:
+    """'Tue 3 Mar' in each client's zone ("" where there is no moment)."""
+    out = pd.Series("", index=moments.index, dtype=object)
+    moments = pd.to_datetime(moments, utc=True)
+    for zone, index in zones.groupby(zones).groups.items():
+        local = moments.loc[index].dt.tz_convert(zone)
+        out.loc[index] = local.map(lambda t: f"{t:%a} {t.day} {t:%b}" if pd.notna(t) else "")
+    return out
+
+
+def _handoff_doc_incomplete(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
+    deals = data.deals
+    missing = deals["missing_doc"].map(
+        lambda keys: [HANDOFF_DOC_LABELS.get(k, k).split(" (")[0].lower() for k in keys or []]
+    )
+    mask = missing.map(bool)
+    rep = deals["owner_name"].astype(object).fillna("the rep")
+    reasons = (
+        rep
+        + " has not filled in these parts of the handoff document: "
+        + missing.map(lambda fields: "; ".join(fields))
+    )
+    return _flags(deals, mask, "handoff_doc_incomplete", reasons)
+
+
+def _no_first_contact(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
+    deals = data.deals
+    touched = _per_deal(deals, acts[acts["cs_touch"]].groupby("deal_id").size()).fillna(0) > 0
+    as_of = pd.Series(pd.Timestamp(data.as_of), index=deals.index)
+    waited = business_hours_between(
+        deals["won_at"], as_of, deals["zone"], deals["country"], data.window
+    )
+    limit = data.settings.first_contact_hours
+    mask = ~touched & (waited > limit)
+    won = _day(deals["won_at"], deals["zone"])
+    reasons = (
+        "no one from customer success has contacted the client since the win on "
+        + won
+        + f" ({waited.round().astype('Int64').astype(str)} of their business hours; the target is "
+        + f"{limit:g} h)"
+    )
+    return _flags(deals, mask, "no_first_contact", reasons)
+
+
+def _no_kickoff(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
+    deals = data.deals
+    s = data.settings
+    kicked_off = _per_deal(deals, acts[acts["kickoff"]].groupby("deal_id").size()).fillna(0) > 0
+    deadline = deals["won_at"] + pd.Timedelta(days=s.kickoff_by_day)
+    mask = ~kicked_off & (deadline < pd.Timestamp(data.as_of))
+    meetings = acts[(acts["kind"] == "meeting") & _matches(acts["subject"], s.kickoff_phrases)]
+    last = meetings.sort_values("occurred_at").drop_duplicates("deal_id", keep="last")
+    last = last.set_index("deal_id")
+    status = _per_deal(deals, last["outcome"].astype(object).fillna("scheduled"))
+    when = _day(_per_deal(deals, last["occurred_at"]).astype("datetime64[ns, UTC]"), deals["zone"])
+    detail = pd.Series(" and none is booked", index=deals.index)
+    detail = detail.mask(status == "cancelled", "; the last one, on " + when + ", was cancelled")
+    detail = detail.mask(status == "no_show", "; the client missed the one on " + when)
+    detail = detail.mask(status == "scheduled", "; one is booked for " + when)
+    reasons = f"no kickoff meeting held by day {s.kickoff_by_day}" + detail
+    return _flags(deals, mask, "no_kickoff", reasons)
+
+
+def _slow_client_response(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
+    """The latest wait for the client: the first outreach after their last answer. Slow when it
+    is still unanswered after the limit, or when its answer took longer than the limit."""
+    deals = data.deals
+    limit = data.settings.client_response_hours
+    outreach = acts[acts["outreach"]].sort_values("occurred_at")
+    answers = acts[acts["client_touch"]].sort_values("occurred_at")
+    if outreach.empty:
+        return pd.DataFrame(columns=["deal_id", "code", "reason"])
+    keys = ["deal_id", "occurred_at"]
+    before = pd.merge_asof(
+        outreach[["deal_id", "occurred_at", "owner_id", "subject"]],
+        answers[keys].rename(columns={"occurred_at": "answered_before"}),
+        left_on="occurred_at", right_on="answered_before", by="deal_id",
+        direction="backward", allow_exact_matches=False,
+    )  # fmt: skip
+    after = pd.merge_asof(
+        outreach[keys],
+        answers[keys].rename(columns={"occurred_at": "answered_at"}),
+        left_on="occurred_at", right_on="answered_at", by="deal_id", direction="forward",
+        allow_exact_matches=False,
+    )  # fmt: skip
+    before["answered_at"] = after["answered_at"].to_numpy()
+    before["since"] = before["answered_before"].fillna(pd.Timestamp(0, tz="UTC"))
+    # Each wait opens with the first outreach after the client's previous answer.
+    # (drop_duplicates, not groupby().first(): that would take each column's first non-null.)
+    waits = before.drop_duplicates(["deal_id", "since"], keep="first")
+    latest = waits.sort_values("occurred_at").drop_duplicates("deal_id", keep="last")
+    latest = latest.set_index("deal_id")
+    place = deals.set_index("deal_id")[["zone", "country", "csm_id", "csm_name"]].assign(
+        rep_id=deals.set_index("deal_id")["owner_id"],
+        rep_name=deals.set_index("deal_id")["owner_name"],
+    )
+    latest = latest.join(place, how="inner")
+    ended = latest["answered_at"].fillna(pd.Timestamp(data.as_of))
+    hours = business_hours_between(
+        latest["occurred_at"], ended, latest["zone"], latest["country"], data.window
+    )
+    slow = hours > limit
+    sender = pd.Series("our", index=latest.index, dtype=object)
+    sender = sender.mask(latest["owner_id"] == latest["rep_id"], latest["rep_name"] + "'s")
+    sender = sender.mask(latest["owner_id"] == latest["csm_id"], latest["csm_name"] + "'s")
+    sent = _day(latest["occurred_at"], latest["zone"])
+    days = (hours / 24).round(1).map(lambda d: f"{d:g}")
+    open_reason = (
+        "the client has not answered " + sender + " email of " + sent + " ('"
+        + latest["subject"].astype(object).fillna("") + "') for " + days + " business days"
+    )  # fmt: skip
+    late_reason = (
+        "the client took " + days + " business days to answer " + sender + " email of " + sent
+        + " ('" + latest["subject"].astype(object).fillna("") + "')"
+    )  # fmt: skip
+    reasons = open_reason.where(latest["answered_at"].isna(), late_reason)
+    hit = latest[slow]
+    return pd.DataFrame(
+        {"deal_id": hit.index, "code": "slow_client_response", "reason": reasons[slow].to_numpy()}
+    )
+
+
+def _missed_meetings(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
+    """No-shows since the last meeting the client attended."""
+    deals = data.deals
+    last_held = acts[acts["held"]].groupby("deal_id")["occurred_at"].max()
+    shows = acts[acts["no_show"]].copy()
+    shows["after_held"] = shows["deal_id"].map(last_held)
+    shows = shows[shows["after_held"].isna() | (shows["occurred_at"] > shows["after_held"])]
+    shows = shows.merge(deals[["deal_id", "zone"]], on="deal_id")
+    shows["label"] = (
+        "'"
+        + shows["subject"].astype(object).fillna("a meeting")
+        + "' on "
+        + _day(shows["occurred_at"], shows["zone"])
+    )
+    grouped = shows.sort_values("occurred_at").groupby("deal_id")["label"].agg(list)
+    counts = _per_deal(deals, grouped.map(len)).fillna(0)
+    mask = counts >= data.settings.missed_meetings
+    listed = _per_deal(deals, grouped.map(", ".join)).astype(object).fillna("")
+    reasons = (
+        "the client missed " + counts.astype(int).astype(str)
+        + " meetings since the last one they attended: " + listed
+    )  # fmt: skip
+    return _flags(deals, mask, "missed_meetings", reasons)
+
+
+def _scope_creep(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
+    """The client's own words (recent inbound mail and notes, quotes removed), or the CRM's flag."""
+    deals = data.deals
+    s = data.settings
+    since = pd.Timestamp(data.as_of) - pd.Timedelta(days=s.scope_creep_days)
+    recent = acts[acts["occurred_at"] >= since]
+    asked = recent[_matches(recent["scope_text"], s.scope_creep_phrases)]
+    said = pd.Series(dtype=object)
+    pattern = _phrases(s.scope_creep_phrases)
+    if pattern is not None and not asked.empty:
+        asked = asked.sort_values("occurred_at").drop_duplicates("deal_id", keep="last")
+        asked = asked.merge(deals[["deal_id", "zone"]], on="deal_id")
+        phrase = asked["scope_text"].map(lambda text: pattern.search(text).group(0))
+        subject = asked["subject"].astype(object).fillna("")
+        when = _day(asked["occurred_at"], asked["zone"])
+        text = 'the client wrote "' + phrase + "\" in '" + subject + "' on " + when
+        said = pd.Series(text.to_numpy(), index=asked["deal_id"])
+    phrase_reason = _per_deal(deals, said).astype(object)
+    ticked = deals["scope_change"].astype(object).fillna(False).astype(bool)
+    reasons = phrase_reason.fillna("the deal is marked in the CRM as asking for a change of scope")
+    return _flags(deals, phrase_reason.notna() | ticked, "scope_creep", reasons)
+
+
+def _no_first_win(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
+    deals = data.deals
+    by_day = data.settings.first_win_by_day
+    won = _per_deal(deals, acts[acts["milestone"]].groupby("deal_id").size()).fillna(0) > 0
+    mask = ~won & (deals["won_at"] + pd.Timedelta(days=by_day) < pd.Timestamp(data.as_of))
+    reasons = pd.Series(f"no first win (milestone) logged by day {by_day}", index=deals.index)
+    return _flags(deals, mask, "no_first_win", reasons)
+
+
+def _gone_quiet(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
+    deals = data.deals
+    quiet_days = data.settings.quiet_days
+    as_of = pd.Timestamp(data.as_of)
+    last = _per_deal(deals, acts[acts["client_touch"]].groupby("deal_id")["occurred_at"].max())
+    last = pd.to_datetime(last, utc=True)
+    since = last.fillna(deals["won_at"])
+    booked = _per_deal(deals, acts[acts["booked"]].groupby("deal_id").size()).fillna(0) > 0
+    silent = (as_of - since) / pd.Timedelta(days=1)
+    mask = (silent > quiet_days) & ~booked
+    heard = _day(since, deals["zone"])
+    reasons = (
+        "nothing from the client for " + silent.astype(int).astype(str) + " days (last: "
+        + heard + "), and no meeting is booked"
+    )  # fmt: skip
+    return _flags(deals, mask, "gone_quiet", reasons)

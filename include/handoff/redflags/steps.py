@@ -1,0 +1,182 @@
+"""The two red-flag steps of a run: read the activities, then evaluate the rules.
+
+``extract_activities`` reads, for every deal in its 90 days, what the CRM logged since each
+activity stream's watermark (a deal seen for the first time: its whole history), in batches of
+deals. ``evaluate_red_flags`` runs every rule over every such deal at once, raises new flag
+episodes with their escalation (outbox rows, in the same transaction), resolves the ones that
+stopped holding, and leaves open ones alone: a flag escalates once per episode.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+
+from handoff.client_locale import SendingWindow
+from handoff.config import Settings
+from handoff.crm.base import ACTIVITY_COLUMNS, CrmClient
+from handoff.models import Deal
+from handoff.planning import client_place
+from handoff.redflags.escalation import escalation_actions
+from handoff.redflags.rules import DEAL_FIELDS, RuleInput, evaluate
+from handoff.state.redflag_store import NewFlag, RedFlagStore
+from handoff.state.store import StateStore
+
+log = logging.getLogger(__name__)
+
+EVALUATED_META = "flags_evaluated:"
+
+
+def window_start(settings: Settings, as_of: datetime) -> datetime:
+    """Deals won after this are in their 90 days (the playbook's horizon)."""
+    return as_of - timedelta(days=settings.plan.horizon_days)
+
+
+def extract_activities(
+    crm: CrmClient, store: StateStore, settings: Settings, window_end: datetime
+) -> dict[str, Any]:
+    """Read the activities of every onboarding deal in its 90 days, incrementally.
+
+    Each stream has its own watermark (``activities:<stream>``); reads are ``>= watermark -
+    overlap`` and ``< window end``, and an activity read twice is simply stored again (upsert
+    by id). Deals never read before get their whole history once. Watermarks and coverage move
+    only after every stream was read, so a crash re-reads the same window.
+    """
+    if not settings.red_flags.enabled:
+        return {"activities_read": 0, "api_calls": 0}
+    flags = RedFlagStore(store)
+    onboarding = flags.onboarding_deals(crm.source, window_start(settings, window_end))
+    contacts = {
+        row.deal_id: (row.record.get("primary_contact") or {}).get("id")
+        for row in onboarding.itertuples()
+    }
+    covered = flags.covered(crm.source, contacts)
+    new = {deal: contact for deal, contact in contacts.items() if deal not in covered}
+    known = {deal: contact for deal, contact in contacts.items() if deal in covered}
+    overlap = timedelta(seconds=settings.detection.extract_overlap_seconds)
+    calls_before = crm.api_calls
+    read = 0
+    marks: dict[str, datetime] = {}
+    for stream in crm.activity_streams:
+        mark = flags.watermark(crm.source, stream)
+        batches = [(new, None)]
+        if known:
+            # A stream never read (added later) reads the known deals' whole history too.
+            batches.append((known, mark - overlap if mark else None))
+        for deals, since in batches:
+            if not deals:
+                continue
+            for page in crm.iter_activities(stream, deals, since, window_end):
+                read += flags.save_activities(crm.source, page[ACTIVITY_COLUMNS])
+        marks[stream] = max(mark, window_end) if mark else window_end
+    flags.mark_covered(crm.source, list(new), window_end, marks)
+    calls = crm.api_calls - calls_before
+    log.info(
+        "Read %s activities of %s onboarding deals (%s for the first time), %s API calls",
+        read, len(contacts), len(new), calls,
+    )  # fmt: skip
+    return {
+        "activities_read": read,
+        "deals_watched": len(contacts),
+        "deals_backfilled": len(new),
+        "api_calls": calls,
+    }
+
+
+def rule_deals(onboarding: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """One row per onboarding deal with what the rules read (zone, people, the document)."""
+    rows = []
+    for item in onboarding.itertuples():
+        deal = Deal.from_record(item.record)
+        place = client_place(deal, settings)
+        rows.append(
+            {
+                "deal_id": deal.deal_id,
+                "won_at": item.won_at,
+                "zone": place.zone.key,
+                "country": place.country or "",
+                "owner_id": deal.owner.id if deal.owner else None,
+                "owner_name": deal.owner.name if deal.owner else None,
+                "csm_id": deal.csm.id if deal.csm else None,
+                "csm_name": deal.csm.name if deal.csm else None,
+                "missing_doc": deal.missing_handoff_fields(),
+                "scope_change": deal.scope_change,
+                "label": deal.label(),
+            }
+        )
+    frame = pd.DataFrame(rows, columns=[*DEAL_FIELDS, "label"])
+    frame["won_at"] = pd.to_datetime(frame["won_at"], utc=True)
+    return frame
+
+
+def evaluate_red_flags(
+    store: StateStore, settings: Settings, source: str, run_id: str, window_end: datetime
+) -> dict[str, Any]:
+    """Evaluate every rule for every deal in its 90 days as of the window's end; raise new flag
+    episodes (each escalated once), resolve the ones that cleared.
+
+    A replay of an earlier hour than the latest evaluation changes nothing: flags move forward
+    in time only, so a backfill never resolves and re-raises (and re-escalates) a flag.
+    """
+    if not settings.red_flags.enabled:
+        return {"flags_raised": 0, "flags_resolved": 0, "flags_open": 0}
+    latest = store.get_meta(EVALUATED_META + source)
+    if latest and datetime.fromisoformat(latest) > window_end:
+        log.info("Flags were evaluated as of %s already; this earlier window changes none", latest)
+        return {"flags_raised": 0, "flags_resolved": 0, "flags_open": 0, "replay": True}
+    started = time.perf_counter()
+    flags_store = RedFlagStore(store)
+    onboarding = flags_store.onboarding_deals(source, window_start(settings, window_end))
+    deals = rule_deals(onboarding, settings)
+    activities = flags_store.activities_of(source, deals["deal_id"].tolist())
+    window = SendingWindow(settings.email.window_start, settings.email.window_end)
+    found = evaluate(RuleInput(deals, activities, window_end, settings.red_flags, window))
+    rules_ms = (time.perf_counter() - started) * 1000
+
+    open_now = flags_store.open_flags(source)
+    labels = dict(zip(deals["deal_id"], deals["label"], strict=True))
+    holding = found.set_index(["deal_id", "code"])
+    open_keys = set(zip(open_now["deal_id"], open_now["code"], strict=True))
+    watched = set(deals["deal_id"])
+    resolved, updated = [], []
+    for row in open_now.itertuples():
+        if (row.deal_id, row.code) in holding.index:
+            reason = holding.loc[(row.deal_id, row.code), "reason"]
+            if reason != row.reason:
+                updated.append((row.id, reason))
+        elif row.deal_id in watched:
+            resolved.append((row.id, f"no longer holds as of {window_end:%Y-%m-%d %H:%M} UTC"))
+        else:
+            resolved.append((row.id, "the deal left onboarding or its 90 days ended"))
+    fresh = found[
+        [key not in open_keys for key in zip(found["deal_id"], found["code"], strict=True)]
+    ]
+    episodes = flags_store.last_episodes(source, fresh["deal_id"].unique().tolist())
+    raised = []
+    for row in fresh.itertuples():
+        episode = episodes.get((row.deal_id, row.code), 0) + 1
+        flag = {"code": row.code, "severity": row.severity, "reason": row.reason}
+        actions = escalation_actions(
+            source, row.deal_id, labels[row.deal_id], flag, episode, window_end
+        )
+        raised.append((NewFlag(row.deal_id, row.code, row.severity, row.reason, actions), episode))
+    new, rows = flags_store.apply(source, run_id, window_end, raised, resolved, updated)
+    store.set_meta(EVALUATED_META + source, window_end.isoformat())
+    for new_flag, episode in raised:
+        log.warning(
+            "Red flag %s (episode %s) on %s: %s", new_flag.code, episode,
+            labels[new_flag.deal_id], new_flag.reason,
+        )  # fmt: skip
+    return {
+        "flags_raised": new,
+        "flags_resolved": len(resolved),
+        "flags_open": len(open_now) - len(resolved) + new,
+        "escalations_planned": rows,
+        "deals_evaluated": len(deals),
+        "activities_evaluated": len(activities),
+        "rules_ms": round(rules_ms, 1),
+    }

@@ -1,0 +1,231 @@
+"""The red-flag side of the state store: activities read from the CRM and flag episodes.
+
+Kept apart from the outbox and onboarding code; it shares the store's engine and writes the
+escalation of a new flag into the outbox in the same transaction as the flag itself, so a flag
+is never raised without its escalation, nor escalated twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from more_itertools import chunked
+from sqlalchemy import and_, func, select, update
+
+from handoff.models import PlannedAction
+from handoff.state.schema import activities, activity_coverage, deals, flags, onboarding
+from handoff.state.store import StateStore, utcnow
+
+ACTIVITY_FIELDS = [c.name for c in activities.columns if c.name not in ("source", "updated_at")]
+
+
+@dataclass(frozen=True)
+class NewFlag:
+    """A rule that holds for a deal with no open episode: raised with its escalation."""
+
+    deal_id: str
+    code: str
+    severity: str
+    reason: str
+    escalation: Sequence[PlannedAction]  # built for the episode this flag becomes
+
+
+class RedFlagStore:
+    """Activities and flags of one state store."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.engine = store.engine
+
+    # -- activities ----------------------------------------------------------------------------
+
+    def save_activities(self, source: str, frame: pd.DataFrame) -> int:
+        """Upsert one page of activities (a re-read of the same records changes nothing)."""
+        if frame.empty:
+            return 0
+        now = utcnow()
+        page = frame[ACTIVITY_FIELDS].astype(object).where(frame[ACTIVITY_FIELDS].notna(), None)
+        values = [
+            {**row, "source": source, "updated_at": now, "is_deleted": bool(row["is_deleted"])}
+            for row in page.to_dict("records")
+        ]
+        for row in values:
+            for column in ("occurred_at", "modstamp"):
+                if isinstance(row[column], pd.Timestamp):
+                    row[column] = row[column].to_pydatetime()
+        stmt = self.store._insert(activities)
+        keys = ("source", "activity_id", "deal_id")
+        with self.engine.begin() as conn:
+            for chunk in chunked(values, 1000):
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=[activities.c[k] for k in keys],
+                        set_={
+                            c: stmt.excluded[c]
+                            for c in (*ACTIVITY_FIELDS, "updated_at")
+                            if c not in keys
+                        },
+                    ),
+                    chunk,
+                )
+        return len(values)
+
+    def covered(self, source: str, deal_ids: Iterable[str]) -> set[str]:
+        """The deals whose whole history was read once already."""
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in chunked(list(deal_ids), 1000):
+                found.update(
+                    conn.execute(
+                        select(activity_coverage.c.deal_id).where(
+                            activity_coverage.c.source == source,
+                            activity_coverage.c.deal_id.in_(chunk),
+                        )
+                    ).scalars()
+                )
+        return found
+
+    def mark_covered(
+        self, source: str, deal_ids: Sequence[str], at: datetime, watermarks: dict[str, datetime]
+    ) -> None:
+        """Record the deals as read and move the streams' watermarks, in one transaction."""
+        stmt = self.store._insert(activity_coverage).on_conflict_do_nothing()
+        with self.engine.begin() as conn:
+            for chunk in chunked(list(deal_ids), 1000):
+                conn.execute(stmt, [{"source": source, "deal_id": d, "read_at": at} for d in chunk])
+            for stream, value in watermarks.items():
+                self.store._set_watermark(conn, source, f"activities:{stream}", value)
+
+    def watermark(self, source: str, stream: str) -> datetime | None:
+        return self.store.get_watermark(source, f"activities:{stream}")
+
+    def onboarding_deals(self, source: str, won_after: datetime) -> pd.DataFrame:
+        """Active onboardings won after ``won_after``, with their latest deal snapshot."""
+        query = (
+            select(onboarding.c.deal_id, onboarding.c.won_at, deals.c.record)
+            .select_from(onboarding)
+            .join(
+                deals,
+                and_(
+                    deals.c.source == onboarding.c.source, deals.c.deal_id == onboarding.c.deal_id
+                ),
+            )
+            .where(
+                onboarding.c.source == source,
+                onboarding.c.status == "active",
+                onboarding.c.won_at >= won_after,
+            )
+            .order_by(onboarding.c.deal_id)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return pd.DataFrame(rows, columns=["deal_id", "won_at", "record"])
+
+    def activities_of(self, source: str, deal_ids: Sequence[str]) -> pd.DataFrame:
+        """The stored activities of these deals (deleted ones left out), one frame."""
+        columns = [activities.c[name] for name in ACTIVITY_FIELDS if name != "is_deleted"]
+        frames = []
+        with self.engine.connect() as conn:
+            for chunk in chunked(list(deal_ids), 1000):
+                query = select(*columns).where(
+                    activities.c.source == source,
+                    activities.c.deal_id.in_(chunk),
+                    activities.c.is_deleted.is_(False),
+                )
+                frames.append(
+                    pd.DataFrame(conn.execute(query).all(), columns=[c.name for c in columns])
+                )
+        names = [c.name for c in columns]
+        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=names)
+        for column in ("occurred_at", "modstamp"):
+            frame[column] = pd.to_datetime(frame[column], utc=True)
+        return frame
+
+    # -- flags ---------------------------------------------------------------------------------
+
+    def open_flags(self, source: str) -> pd.DataFrame:
+        """The open flag episodes of a source: deal, code, episode, id, reason, raised_at."""
+        query = select(
+            flags.c.id, flags.c.deal_id, flags.c.code, flags.c.episode, flags.c.reason,
+            flags.c.severity, flags.c.raised_at,
+        ).where(flags.c.source == source, flags.c.status == "open")  # fmt: skip
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return pd.DataFrame(
+            rows, columns=["id", "deal_id", "code", "episode", "reason", "severity", "raised_at"]
+        )
+
+    def last_episodes(self, source: str, deal_ids: Sequence[str]) -> dict[tuple[str, str], int]:
+        """The latest episode number of each (deal, code) that ever had one."""
+        found: dict[tuple[str, str], int] = {}
+        with self.engine.connect() as conn:
+            for chunk in chunked(list(deal_ids), 1000):
+                query = (
+                    select(flags.c.deal_id, flags.c.code, func.max(flags.c.episode))
+                    .where(flags.c.source == source, flags.c.deal_id.in_(chunk))
+                    .group_by(flags.c.deal_id, flags.c.code)
+                )
+                found.update({(d, c): e for d, c, e in conn.execute(query).all()})
+        return found
+
+    def apply(
+        self,
+        source: str,
+        run_id: str,
+        at: datetime,
+        raised: Sequence[tuple[NewFlag, int]],
+        resolved: Sequence[tuple[int, str]],
+        updated: Sequence[tuple[int, str]],
+    ) -> tuple[int, int]:
+        """Raise new episodes (with their escalation rows), resolve and re-word open ones, in
+        one transaction. Returns (flags raised, escalation rows inserted).
+
+        An episode someone else raised first (a concurrent run) is left alone, escalation and
+        all: the unique episode key decides who raises it.
+        """
+        now = utcnow()
+        new = inserted_rows = 0
+        stmt = self.store._insert(flags).on_conflict_do_nothing(
+            index_elements=[flags.c.source, flags.c.deal_id, flags.c.code, flags.c.episode]
+        )
+        with self.engine.begin() as conn:
+            for flag, episode in raised:
+                values = {
+                    "source": source, "deal_id": flag.deal_id, "code": flag.code,
+                    "episode": episode, "status": "open", "severity": flag.severity,
+                    "reason": flag.reason, "raised_at": at, "raised_run": run_id,
+                    "updated_at": now,
+                }  # fmt: skip
+                if not conn.execute(stmt.values(**values).returning(flags.c.id)).all():
+                    continue
+                new += 1
+                rows = self.store.outbox_values(flag.escalation, run_id, now)
+                if rows:
+                    inserted_rows += self.store.insert_outbox(conn, rows)
+            for flag_id, reason in resolved:
+                conn.execute(
+                    update(flags)
+                    .where(flags.c.id == flag_id, flags.c.status == "open")
+                    .values(
+                        status="resolved",
+                        resolved_at=at,
+                        resolved_reason=reason,
+                        resolved_run=run_id,
+                        updated_at=now,
+                    )
+                )
+            for flag_id, reason in updated:
+                conn.execute(
+                    update(flags).where(flags.c.id == flag_id).values(reason=reason, updated_at=now)
+                )
+        return new, inserted_rows
+
+    def flag_rows(self, **filters: Any) -> list[dict[str, Any]]:
+        return self.store._rows(flags, [flags.c.id], filters)
+
+    def activity_rows(self, **filters: Any) -> list[dict[str, Any]]:
+        return self.store._rows(activities, [activities.c.occurred_at], filters)
