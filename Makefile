@@ -54,8 +54,8 @@ $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
 	touch $@
 
 # The local metadata database only holds dag.test() history: it starts afresh when a DAG file
-# is added, moved or removed, so no run history of an old file layout gets in the way.
-.airflow/.migrated: $(VENV)/.synced $(wildcard dags/*.py)
+# or the DAG factory changes, so no serialized version of an old DAG shape gets in the way.
+.airflow/.migrated: $(VENV)/.synced $(wildcard dags/*.py) plugins/handoff_airflow/dag_factory.py
 	mkdir -p .airflow
 	rm -f .airflow/airflow.db
 	$(BIN)/airflow db migrate > .airflow/migrate.log 2>&1 || { cat .airflow/migrate.log; exit 1; }

@@ -33,6 +33,7 @@ STATE_URL_ENV = "HANDOFF_STATE_URL"
 PLAYBOOK_ENV = "HANDOFF_PLAYBOOK"
 RUN_DIR_ENV = "HANDOFF_RUN_DIR"
 SOURCES_ENV = "HANDOFF_SOURCES"
+RED_FLAGS_ENV = "HANDOFF_RED_FLAGS"  # "on" / "off": the red-flag steps, whatever the file says
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -433,9 +434,16 @@ def _resolve(settings: Settings) -> Settings:
             raise ConfigError(
                 f"{SOURCES_ENV}={os.environ[SOURCES_ENV]!r} is invalid: {exc}"
             ) from exc
+    red_flags = settings.red_flags
+    switch = os.environ.get(RED_FLAGS_ENV, "").strip().lower()
+    if switch:
+        if switch not in {"on", "off", "true", "false", "1", "0"}:
+            raise ConfigError(f"{RED_FLAGS_ENV}={switch!r} is invalid: use on or off")
+        red_flags = red_flags.model_copy(update={"enabled": switch in {"on", "true", "1"}})
     return settings.model_copy(
         update={
             "sources": sources,
+            "red_flags": red_flags,
             "state": StateSettings(url=state_url),
             "output": OutputSettings(run_dir=run_dir, templates_dir=templates_dir),
             "playbook": PlaybookSettings(file=playbook_file),

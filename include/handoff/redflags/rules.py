@@ -171,9 +171,15 @@ def _flags(deals: pd.DataFrame, mask: pd.Series, code: str, reasons: pd.Series) 
     )
 
 
+def _lookup(keys: pd.Series, values: pd.Series) -> pd.Series:
+    """``values`` (indexed by deal id) for each key, keeping their dtype (time zones included,
+    even when ``values`` is empty, where ``Series.map`` would give up)."""
+    return pd.Series(values.reindex(keys.to_numpy()).array, index=keys.index)
+
+
 def _per_deal(deals: pd.DataFrame, values: pd.Series) -> pd.Series:
     """A per-deal aggregate (indexed by deal id) aligned to the deals frame."""
-    return deals["deal_id"].map(values)
+    return _lookup(deals["deal_id"], values)
 
 
 def _day(moments: pd.Series, zones: pd.Series) -> pd.Series:
@@ -230,7 +236,7 @@ def _no_kickoff(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
     last = meetings.sort_values("occurred_at").drop_duplicates("deal_id", keep="last")
     last = last.set_index("deal_id")
     status = _per_deal(deals, last["outcome"].astype(object).fillna("scheduled"))
-    when = _day(_per_deal(deals, last["occurred_at"]).astype("datetime64[ns, UTC]"), deals["zone"])
+    when = _day(_per_deal(deals, last["occurred_at"]), deals["zone"])
     detail = pd.Series(" and none is booked", index=deals.index)
     detail = detail.mask(status == "cancelled", "; the last one, on " + when + ", was cancelled")
     detail = detail.mask(status == "no_show", "; the client missed the one on " + when)
@@ -261,7 +267,7 @@ def _slow_client_response(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
         left_on="occurred_at", right_on="answered_at", by="deal_id", direction="forward",
         allow_exact_matches=False,
     )  # fmt: skip
-    before["answered_at"] = after["answered_at"].to_numpy()
+    before["answered_at"] = after["answered_at"].array
     before["since"] = before["answered_before"].fillna(pd.Timestamp(0, tz="UTC"))
     # Each wait opens with the first outreach after the client's previous answer.
     # (drop_duplicates, not groupby().first(): that would take each column's first non-null.)
@@ -303,7 +309,7 @@ def _missed_meetings(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
     deals = data.deals
     last_held = acts[acts["held"]].groupby("deal_id")["occurred_at"].max()
     shows = acts[acts["no_show"]].copy()
-    shows["after_held"] = shows["deal_id"].map(last_held)
+    shows["after_held"] = _lookup(shows["deal_id"], last_held)
     shows = shows[shows["after_held"].isna() | (shows["occurred_at"] > shows["after_held"])]
     shows = shows.merge(deals[["deal_id", "zone"]], on="deal_id")
     shows["label"] = (

@@ -152,9 +152,8 @@ def evaluate_red_flags(
             resolved.append((row.id, f"no longer holds as of {window_end:%Y-%m-%d %H:%M} UTC"))
         else:
             resolved.append((row.id, "the deal left onboarding or its 90 days ended"))
-    fresh = found[
-        [key not in open_keys for key in zip(found["deal_id"], found["code"], strict=True)]
-    ]
+    is_new = [key not in open_keys for key in zip(found["deal_id"], found["code"], strict=True)]
+    fresh = found.loc[pd.Series(is_new, index=found.index, dtype=bool)]
     episodes = flags_store.last_episodes(source, fresh["deal_id"].unique().tolist())
     raised = []
     for row in fresh.itertuples():
