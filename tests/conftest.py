@@ -35,7 +35,7 @@ os.environ.update(
         "HANDOFF_CONFIG": str(TEST_CONFIG),
     }
 )
-for _name in ("HANDOFF_STATE_URL", "HANDOFF_RUN_DIR"):
+for _name in ("HANDOFF_STATE_URL", "HANDOFF_RUN_DIR", "HANDOFF_DIGEST_DIR", "HANDOFF_RED_FLAGS"):
     os.environ.pop(_name, None)
 
 _MIGRATED = ROOT / ".airflow" / "airflow.db"
@@ -132,6 +132,7 @@ def settings(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HANDOFF_STATE_URL", f"sqlite:///{tmp_path / 'state.db'}")
     monkeypatch.setenv("HANDOFF_RUN_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("HANDOFF_DIGEST_DIR", str(tmp_path / "digest"))
     return load_settings()
 
 

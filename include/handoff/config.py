@@ -33,6 +33,7 @@ STATE_URL_ENV = "HANDOFF_STATE_URL"
 PLAYBOOK_ENV = "HANDOFF_PLAYBOOK"
 RUN_DIR_ENV = "HANDOFF_RUN_DIR"
 SOURCES_ENV = "HANDOFF_SOURCES"
+DIGEST_DIR_ENV = "HANDOFF_DIGEST_DIR"
 RED_FLAGS_ENV = "HANDOFF_RED_FLAGS"  # "on" / "off": the red-flag steps, whatever the file says
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -351,6 +352,21 @@ class RedFlagSettings(_Section):
     internal_domains: list[str] = []
 
 
+class DigestSettings(_Section):
+    """The daily RevOps digest: who gets it, when, and the framework's targets it shows."""
+
+    enabled: bool = True
+    cron: str = Field("0 7 * * *", min_length=9)  # UTC
+    recipients: list[EmailStr] = []
+    # Targets beside the red-flag thresholds (first contact, kickoff): kickoff to first value,
+    # and the share of due playbook steps done.
+    first_value_days: float = Field(14, gt=0)
+    milestone_completion: float = Field(0.95, gt=0, le=1)
+    # Metrics files (CSV and Parquet) and the digest's HTML go here, one folder a day; relative
+    # to the project root.
+    output_dir: Path = Path("var/digest")
+
+
 class DispatchSettings(_Section):
     """How sending and CRM writes share work and settle answers that never arrived."""
 
@@ -382,6 +398,7 @@ class Settings(_Section):
     hubspot: HubSpotSettings = HubSpotSettings()
     dispatch: DispatchSettings = DispatchSettings()
     red_flags: RedFlagSettings = RedFlagSettings()
+    digest: DigestSettings = DigestSettings()
     state: StateSettings = StateSettings()
     output: OutputSettings = OutputSettings()
     # Not read from the file: the validated playbook that [playbook].file names.
@@ -440,10 +457,12 @@ def _resolve(settings: Settings) -> Settings:
         if switch not in {"on", "off", "true", "false", "1", "0"}:
             raise ConfigError(f"{RED_FLAGS_ENV}={switch!r} is invalid: use on or off")
         red_flags = red_flags.model_copy(update={"enabled": switch in {"on", "true", "1"}})
+    digest_dir = home / Path(os.environ.get(DIGEST_DIR_ENV) or settings.digest.output_dir)
     return settings.model_copy(
         update={
             "sources": sources,
             "red_flags": red_flags,
+            "digest": settings.digest.model_copy(update={"output_dir": digest_dir}),
             "state": StateSettings(url=state_url),
             "output": OutputSettings(run_dir=run_dir, templates_dir=templates_dir),
             "playbook": PlaybookSettings(file=playbook_file),

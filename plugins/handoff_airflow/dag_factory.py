@@ -243,3 +243,41 @@ def handoff_dag(source: str, cron: str):
         )
 
     return handoff()
+
+
+def digest_dag(cron: str, doc: str):
+    """The daily RevOps digest over every enabled source (``handoff_digest``)."""
+
+    @dag(
+        dag_id="handoff_digest",
+        schedule=CronTriggerTimetable(cron, timezone="UTC", interval=timedelta(days=1)),
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,
+        doc_md=doc,
+        tags=["handoff", "digest"],
+        default_args={
+            "owner": "revops",
+            "retries": 3,
+            "retry_delay": timedelta(minutes=2),
+            "retry_exponential_backoff": True,
+        },
+    )
+    def handoff_digest():
+        @task
+        def digest(**context) -> dict:
+            from handoff.reporting.daily import run_digest
+            from handoff_airflow.hooks import HandoffSmtpHook
+            from handoff_airflow.runtime import step
+
+            with step(context, "digest") as (settings, store, run):
+                transport = HandoffSmtpHook().transport
+                result = run_digest(
+                    store, settings, transport, run.run_id, run.window_end, run.worker
+                )
+            print(f"RevOps digest: {result['digest_file']}")
+            return {k: v for k, v in result.items() if k != "metrics_files"}
+
+        digest()
+
+    return handoff_digest()

@@ -40,18 +40,30 @@ def onboard(store, deal) -> None:
 
 def meeting(deal_id: str, n: int, at: datetime, outcome: str, subject: str = "Training"):
     return {
-        "activity_id": f"00U{n:015d}", "deal_id": deal_id, "kind": "meeting",
-        "direction": "outbound", "occurred_at": at, "outcome": outcome, "subject": subject,
-        "snippet": "", "owner_id": None, "handoff_key": None, "is_deleted": False, "modstamp": at,
-    }  # fmt: skip
+        "activity_id": f"00U{n:015d}",
+        "deal_id": deal_id,
+        "kind": "meeting",
+        "direction": "outbound",
+        "occurred_at": at,
+        "outcome": outcome,
+        "subject": subject,
+        "snippet": "",
+        "owner_id": None,
+        "handoff_key": None,
+        "is_deleted": False,
+        "modstamp": at,
+    }
 
 
 def first_contact(deal_id: str) -> dict:
     at = WON + timedelta(hours=1)
     return {
-        **meeting(deal_id, 0, at, None), "activity_id": "00T000000000000001", "kind": "call",
-        "subject": "Welcome call", "outcome": "completed",
-    }  # fmt: skip
+        **meeting(deal_id, 0, at, None),
+        "activity_id": "00T000000000000001",
+        "kind": "call",
+        "subject": "Welcome call",
+        "outcome": "completed",
+    }
 
 
 def save(store, *rows) -> None:
@@ -115,8 +127,12 @@ def test_a_replayed_earlier_hour_changes_no_flag(store, flagged):
     deal = make_deal(won_at=WON)
     onboard(store, deal)
     d = deal.deal_id
-    save(store, first_contact(d), meeting(d, 1, WON + timedelta(days=1), "no_show"),
-         meeting(d, 2, WON + timedelta(days=2), "no_show"))  # fmt: skip
+    save(
+        store,
+        first_contact(d),
+        meeting(d, 1, WON + timedelta(days=1), "no_show"),
+        meeting(d, 2, WON + timedelta(days=2), "no_show"),
+    )
     assert evaluate(store, flagged, "run-1", WON + timedelta(days=3))["flags_raised"] == 1
     # A backfill of the hour before the first no-show would resolve it and raise it again.
     replay = evaluate(store, flagged, "backfill", WON + timedelta(days=1, hours=-1))

@@ -62,7 +62,7 @@ def escalation_actions(
             payload,
             due_at=at,
             not_after=at + ESCALATION_LATE_AFTER,
-        )  # fmt: skip
+        )
         for kind, notice in ((ActionKind.TASK, False), (ActionKind.EMAIL, True))
     ]
 
@@ -126,10 +126,11 @@ def resolve_escalation(
     if not step.endswith(NOTICE_SUFFIX):
         if owner is None:
             return Resolution(
-                ActionStatus.FAILED, {},
+                ActionStatus.FAILED,
+                {},
                 f"{deal.label()}: red flag {flag['code']}: no active account owner, rep or CSM "
                 f"on the deal ({fields_.of['account_owner']}) to own the task",
-            )  # fmt: skip
+            )
         due = now + timedelta(days=settings.red_flags.owner_task_due_days)
         ask = f"Red flag ({flag['severity']}): {flag['reason']}. Decide what to do and do it."
         task = CrmTask(
@@ -175,10 +176,11 @@ def _notice(deal: Deal, flag, title: str, owner, settings: Settings, now: dateti
     if not recipients:
         why = "; refused: " + "; ".join(refused) if refused else ""
         return Resolution(
-            ActionStatus.SKIPPED, {},
+            ActionStatus.SKIPPED,
+            {},
             f"{label}: red flag {flag['code']}: no internal recipient for the leaders' note "
             f"([red_flags].notify){why}",
-        )  # fmt: skip
+        )
     won = deal.won_at
     context = InternalAlertContext(
         title=title,

@@ -59,9 +59,17 @@ TITLES = {
 
 # Deals frame columns the rules read.
 DEAL_FIELDS = [
-    "deal_id", "won_at", "zone", "country", "owner_id", "owner_name", "csm_id", "csm_name",
-    "missing_doc", "scope_change",
-]  # fmt: skip
+    "deal_id",
+    "won_at",
+    "zone",
+    "country",
+    "owner_id",
+    "owner_name",
+    "csm_id",
+    "csm_name",
+    "missing_doc",
+    "scope_change",
+]
 
 # A reply's quoted part: lines starting with ">" and everything from an "On ... wrote:" line.
 _QUOTED = re.compile(r"(?ms)^On [^\n]*wrote:\s*$.*|^>[^\n]*$")
@@ -80,7 +88,7 @@ def evaluate(data: RuleInput) -> pd.DataFrame:
     """Every rule over every deal: one row per flag that holds as of ``data.as_of``."""
     if data.deals.empty:
         return pd.DataFrame(columns=FLAG_COLUMNS)
-    acts = _prepared(data)
+    acts = classify_activities(data)
     found = [
         rule(data, acts)
         for rule in (
@@ -122,7 +130,7 @@ def _matches(text: pd.Series, words: list[str]) -> pd.Series:
     return text.astype(object).fillna("").str.contains(pattern, regex=True)
 
 
-def _prepared(data: RuleInput) -> pd.DataFrame:
+def classify_activities(data: RuleInput) -> pd.DataFrame:
     """Activities after the win, with what each one counts as (boolean columns)."""
     s = data.settings
     acts = data.activities.merge(data.deals[["deal_id", "won_at"]], on="deal_id", how="inner")
@@ -258,15 +266,21 @@ def _slow_client_response(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
     before = pd.merge_asof(
         outreach[["deal_id", "occurred_at", "owner_id", "subject"]],
         answers[keys].rename(columns={"occurred_at": "answered_before"}),
-        left_on="occurred_at", right_on="answered_before", by="deal_id",
-        direction="backward", allow_exact_matches=False,
-    )  # fmt: skip
+        left_on="occurred_at",
+        right_on="answered_before",
+        by="deal_id",
+        direction="backward",
+        allow_exact_matches=False,
+    )
     after = pd.merge_asof(
         outreach[keys],
         answers[keys].rename(columns={"occurred_at": "answered_at"}),
-        left_on="occurred_at", right_on="answered_at", by="deal_id", direction="forward",
+        left_on="occurred_at",
+        right_on="answered_at",
+        by="deal_id",
+        direction="forward",
         allow_exact_matches=False,
-    )  # fmt: skip
+    )
     before["answered_at"] = after["answered_at"].array
     before["since"] = before["answered_before"].fillna(pd.Timestamp(0, tz="UTC"))
     # Each wait opens with the first outreach after the client's previous answer.
@@ -290,13 +304,27 @@ def _slow_client_response(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
     sent = _day(latest["occurred_at"], latest["zone"])
     days = (hours / 24).round(1).map(lambda d: f"{d:g}")
     open_reason = (
-        "the client has not answered " + sender + " email of " + sent + " ('"
-        + latest["subject"].astype(object).fillna("") + "') for " + days + " business days"
-    )  # fmt: skip
+        "the client has not answered "
+        + sender
+        + " email of "
+        + sent
+        + " ('"
+        + latest["subject"].astype(object).fillna("")
+        + "') for "
+        + days
+        + " business days"
+    )
     late_reason = (
-        "the client took " + days + " business days to answer " + sender + " email of " + sent
-        + " ('" + latest["subject"].astype(object).fillna("") + "')"
-    )  # fmt: skip
+        "the client took "
+        + days
+        + " business days to answer "
+        + sender
+        + " email of "
+        + sent
+        + " ('"
+        + latest["subject"].astype(object).fillna("")
+        + "')"
+    )
     reasons = open_reason.where(latest["answered_at"].isna(), late_reason)
     hit = latest[slow]
     return pd.DataFrame(
@@ -323,9 +351,11 @@ def _missed_meetings(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
     mask = counts >= data.settings.missed_meetings
     listed = _per_deal(deals, grouped.map(", ".join)).astype(object).fillna("")
     reasons = (
-        "the client missed " + counts.astype(int).astype(str)
-        + " meetings since the last one they attended: " + listed
-    )  # fmt: skip
+        "the client missed "
+        + counts.astype(int).astype(str)
+        + " meetings since the last one they attended: "
+        + listed
+    )
     return _flags(deals, mask, "missed_meetings", reasons)
 
 
@@ -373,7 +403,10 @@ def _gone_quiet(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
     mask = (silent > quiet_days) & ~booked
     heard = _day(since, deals["zone"])
     reasons = (
-        "nothing from the client for " + silent.astype(int).astype(str) + " days (last: "
-        + heard + "), and no meeting is booked"
-    )  # fmt: skip
+        "nothing from the client for "
+        + silent.astype(int).astype(str)
+        + " days (last: "
+        + heard
+        + "), and no meeting is booked"
+    )
     return _flags(deals, mask, "gone_quiet", reasons)

@@ -77,8 +77,11 @@ def extract_activities(
     calls = crm.api_calls - calls_before
     log.info(
         "Read %s activities of %s onboarding deals (%s for the first time), %s API calls",
-        read, len(contacts), len(new), calls,
-    )  # fmt: skip
+        read,
+        len(contacts),
+        len(new),
+        calls,
+    )
     return {
         "activities_read": read,
         "deals_watched": len(contacts),
@@ -167,9 +170,12 @@ def evaluate_red_flags(
     store.set_meta(EVALUATED_META + source, window_end.isoformat())
     for new_flag, episode in raised:
         log.warning(
-            "Red flag %s (episode %s) on %s: %s", new_flag.code, episode,
-            labels[new_flag.deal_id], new_flag.reason,
-        )  # fmt: skip
+            "Red flag %s (episode %s) on %s: %s",
+            new_flag.code,
+            episode,
+            labels[new_flag.deal_id],
+            new_flag.reason,
+        )
     return {
         "flags_raised": new,
         "flags_resolved": len(resolved),

@@ -260,8 +260,8 @@ def _weekend_reply(won: datetime) -> list[SeedActivity]:
 
 def _contacted_on_monday(won: datetime) -> list[SeedActivity]:
     # Won after hours on a Friday: the first contact on Monday morning is on time.
-    monday_ten = won + _d(2, 15.5)  # Friday 22:30 UTC + 2 d 15.5 h = Monday 14:00 UTC
-    after = monday_ten - won
+    monday = won + _d(2, 15.5)  # Friday 22:30 UTC + 2 d 15.5 h: Monday 14:00 UTC, 09:00 or 10:00
+    after = monday - won  # in New York (winter or summer time)
     log = _Log(won)
     log.out_email(after, "Welcome aboard: your onboarding team")
     log.in_email(after + _h(2), "Re: Welcome aboard: your onboarding team", "Hello Maria!")

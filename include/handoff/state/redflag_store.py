@@ -150,9 +150,14 @@ class RedFlagStore:
     def open_flags(self, source: str) -> pd.DataFrame:
         """The open flag episodes of a source: deal, code, episode, id, reason, raised_at."""
         query = select(
-            flags.c.id, flags.c.deal_id, flags.c.code, flags.c.episode, flags.c.reason,
-            flags.c.severity, flags.c.raised_at,
-        ).where(flags.c.source == source, flags.c.status == "open")  # fmt: skip
+            flags.c.id,
+            flags.c.deal_id,
+            flags.c.code,
+            flags.c.episode,
+            flags.c.reason,
+            flags.c.severity,
+            flags.c.raised_at,
+        ).where(flags.c.source == source, flags.c.status == "open")
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return pd.DataFrame(
@@ -195,11 +200,17 @@ class RedFlagStore:
         with self.engine.begin() as conn:
             for flag, episode in raised:
                 values = {
-                    "source": source, "deal_id": flag.deal_id, "code": flag.code,
-                    "episode": episode, "status": "open", "severity": flag.severity,
-                    "reason": flag.reason, "raised_at": at, "raised_run": run_id,
+                    "source": source,
+                    "deal_id": flag.deal_id,
+                    "code": flag.code,
+                    "episode": episode,
+                    "status": "open",
+                    "severity": flag.severity,
+                    "reason": flag.reason,
+                    "raised_at": at,
+                    "raised_run": run_id,
                     "updated_at": now,
-                }  # fmt: skip
+                }
                 if not conn.execute(stmt.values(**values).returning(flags.c.id)).all():
                     continue
                 new += 1

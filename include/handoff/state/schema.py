@@ -250,3 +250,35 @@ flags = Table(
     UniqueConstraint("source", "deal_id", "code", "episode", name="uq_handoff_flags_episode"),
     Index("ix_handoff_flags_open", "source", "status"),
 )
+
+# How each onboarding went, per deal, as the last metrics run computed it (exported as CSV and
+# Parquet with the per-rep and per-cohort views built from it).
+deal_metrics = Table(
+    "handoff_deal_metrics",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("deal_id", String(64), primary_key=True),
+    Column("computed_at", UtcDateTime, nullable=False),
+    Column("account", Text, nullable=True),
+    Column("rep", Text, nullable=True),
+    Column("csm", Text, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("won_at", UtcDateTime, nullable=False),
+    Column("cohort_week", Date, nullable=False),
+    Column("first_contact_at", UtcDateTime, nullable=True),
+    Column("first_contact_hours", Float, nullable=True),
+    Column("kickoff_at", UtcDateTime, nullable=True),
+    Column("kickoff_days", Float, nullable=True),
+    Column("first_value_at", UtcDateTime, nullable=True),
+    Column("kickoff_to_value_days", Float, nullable=True),
+    # On target (the framework's < 4 h, < 5 days, < 14 days); NULL while still inside it.
+    Column("first_contact_on_time", Boolean, nullable=True),
+    Column("kickoff_on_time", Boolean, nullable=True),
+    Column("first_value_on_time", Boolean, nullable=True),
+    Column("steps_due", Integer, nullable=False),
+    Column("steps_done", Integer, nullable=False),
+    Column("flags_raised", Integer, nullable=False),
+    Column("flags_open", Integer, nullable=False),
+    Column("doc_fields_filled", Integer, nullable=False),
+    Column("doc_fields", Integer, nullable=False),
+)

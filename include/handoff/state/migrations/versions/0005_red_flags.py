@@ -1,4 +1,4 @@
-"""red flags: activities, their coverage per deal, and flag episodes
+"""red flags: activities, their coverage per deal, flag episodes, and per-deal metrics
 
 Revision ID: 0005
 Revises: 0004
@@ -67,9 +67,38 @@ def upgrade() -> None:
         ),
     )
     op.create_index("ix_handoff_flags_open", "handoff_flags", ["source", "status"])
+    op.create_table(
+        "handoff_deal_metrics",
+        sa.Column("source", sa.String(length=32), nullable=False),
+        sa.Column("deal_id", sa.String(length=64), nullable=False),
+        sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("account", sa.Text(), nullable=True),
+        sa.Column("rep", sa.Text(), nullable=True),
+        sa.Column("csm", sa.Text(), nullable=True),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("won_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("cohort_week", sa.Date(), nullable=False),
+        sa.Column("first_contact_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("first_contact_hours", sa.Float(), nullable=True),
+        sa.Column("kickoff_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("kickoff_days", sa.Float(), nullable=True),
+        sa.Column("first_value_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("kickoff_to_value_days", sa.Float(), nullable=True),
+        sa.Column("first_contact_on_time", sa.Boolean(), nullable=True),
+        sa.Column("kickoff_on_time", sa.Boolean(), nullable=True),
+        sa.Column("first_value_on_time", sa.Boolean(), nullable=True),
+        sa.Column("steps_due", sa.Integer(), nullable=False),
+        sa.Column("steps_done", sa.Integer(), nullable=False),
+        sa.Column("flags_raised", sa.Integer(), nullable=False),
+        sa.Column("flags_open", sa.Integer(), nullable=False),
+        sa.Column("doc_fields_filled", sa.Integer(), nullable=False),
+        sa.Column("doc_fields", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("source", "deal_id", name=op.f("pk_handoff_deal_metrics")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("handoff_deal_metrics")
     op.drop_index("ix_handoff_flags_open", table_name="handoff_flags")
     op.drop_table("handoff_flags")
     op.drop_table("handoff_activity_coverage")
