@@ -401,6 +401,32 @@ def preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def backtest(args: argparse.Namespace) -> int:
+    """``handoff backtest``: what the rules and the playbook would have done over the history
+    in the state store, with the current settings; nothing is sent or written to the CRM."""
+    from handoff.playbook import parse_duration
+    from handoff.reporting.backtest import format_backtest, run_backtest, write_backtest
+    from handoff.state import StateStore
+
+    if (settings := _settings_or_none()) is None:
+        return 2
+    end = args.at or datetime.now(UTC)
+    store = StateStore(settings.state.url)
+    try:
+        store.check_schema()
+        result = run_backtest(
+            store, settings, args.source, end, args.days, parse_duration(args.every)
+        )
+    finally:
+        store.dispose()
+    folder = args.out or project_root() / "var" / "backtest" / f"{args.source}-{end:%Y%m%dT%H%M}"
+    files = write_backtest(result, folder)
+    print(format_backtest(result))
+    print(f"Every flag and due step: {', '.join(str(f) for f in files)}")
+    print(json.dumps(result.summary()))
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 
@@ -449,6 +475,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--deal", help="the CRM deal id (default: a built-in sample client)")
     show.add_argument("--source", choices=SOURCES, default="salesforce")
     show.add_argument("--out", type=Path, help="the folder to write (default var/previews/...)")
+
+    replay = commands.add_parser(
+        "backtest",
+        help="replay the red-flag rules and the playbook over the stored history; change nothing",
+    )
+    replay.add_argument("--days", type=int, default=90, help="how far back to replay")
+    replay.add_argument("--source", choices=SOURCES, default="salesforce")
+    replay.add_argument("--every", default="1d", help="evaluate every ... (e.g. 1d, 6h)")
+    replay.add_argument("--at", type=_moment, help="the end of the replay (default: now)")
+    replay.add_argument("--out", type=Path, help="the folder for flags.csv and steps.csv")
 
     db = commands.add_parser("db", help="state store schema")
     db.add_argument("action", choices=["upgrade"], help="upgrade: migrate to this version")
@@ -505,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": lambda: run_once(args),
         "init": lambda: init_store(args),
         "preview": lambda: preview(args),
+        "backtest": lambda: backtest(args),
         "db": lambda: upgrade_store(args),
         "demo": lambda: run_demo(args),
         "sandbox": lambda: _serve_sandbox(args),
