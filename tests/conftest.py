@@ -35,7 +35,13 @@ os.environ.update(
         "HANDOFF_CONFIG": str(TEST_CONFIG),
     }
 )
-for _name in ("HANDOFF_STATE_URL", "HANDOFF_RUN_DIR", "HANDOFF_DIGEST_DIR", "HANDOFF_RED_FLAGS"):
+for _name in (
+    "HANDOFF_STATE_URL",
+    "HANDOFF_RUN_DIR",
+    "HANDOFF_DIGEST_DIR",
+    "HANDOFF_RED_FLAGS",
+    "HANDOFF_ADOPT_CLIENTS_IN_PROGRESS",
+):
     os.environ.pop(_name, None)
 
 _MIGRATED = ROOT / ".airflow" / "airflow.db"

@@ -68,18 +68,28 @@ def run_steady_state(
     seed: int = 7,
     today: date | None = None,
     source: str = "salesforce",
+    activities: int | None = None,
 ) -> dict[str, Any]:
     """An org with ``onboarding`` clients spread over their 90 days, adopted at first install;
     then one hourly run, and the same hour again with nothing left to do.
 
     The figures to watch: the hourly run's planning time and its API calls, which must not
-    grow with the number of clients in onboarding when nothing changed.
+    grow with the number of clients in onboarding when nothing changed. With ``activities``,
+    every client has that many activities in the CRM and the red-flag steps run: the install
+    reads every client's history once, the hourly run only what changed.
     """
     today = today or datetime.now(UTC).date()
     install = datetime.combine(today, datetime.min.time(), tzinfo=UTC) + timedelta(hours=10)
     share = min(1.0, onboarding / max(deals, 1))
     with _world(
-        deals, seed, today, onboarding_days=90, recent_share=share, adopt=True, source=source
+        deals,
+        seed,
+        today,
+        onboarding_days=90,
+        recent_share=share,
+        adopt=True,
+        source=source,
+        activities=activities,
     ) as (
         settings,
         store,
@@ -96,6 +106,7 @@ def run_steady_state(
         return {
             "scenario": "steady-state",
             "source": source,
+            "activities_per_deal": activities,
             "deals": deals,
             "onboarding": store.count_onboarding(source),
             **seeding,
@@ -122,6 +133,7 @@ def _world(
     recent_share: float = 0.2,
     adopt: bool = False,
     source: str = "salesforce",
+    activities: int | None = None,
 ) -> Iterator[tuple]:
     """A seeded sandbox org, an SMTP sink and an empty state store, in a temp folder."""
     with tempfile.TemporaryDirectory(prefix="handoff-bench-") as folder:
@@ -135,6 +147,9 @@ def _world(
                 # Every due email goes out in the measured run, whatever the hour of the day
                 # the benchmark is run at (the sending window would hold most of them).
                 "email": base.email.model_copy(update={"business_hours_only": False}),
+                "red_flags": base.red_flags.model_copy(
+                    update={"enabled": activities is not None or base.red_flags.enabled}
+                ),
             }
         )
         with SandboxServer(work / "sandbox.db") as sandbox, SmtpSink() as sink:
@@ -147,6 +162,7 @@ def _world(
                 today=today,
                 onboarding_days=onboarding_days,
                 recent_share=recent_share,
+                **({"activities_per_deal": activities} if activities else {}),
             )
             seeding = {"seeded": seeded, "seed_seconds": round(time.perf_counter() - started, 2)}
             store = StateStore(settings.state.url)
@@ -194,11 +210,19 @@ def _one_run(
             "seconds": round(time.perf_counter() - started, 3),
             "api_calls": crm.api_calls - calls,
             **{k: v for k, v in result.items() if k != "api_calls"},
+            # The process's peak so far (benchmark, sandbox and sink share the process).
+            "peak_rss_mb": _peak_rss_mb(),
         }
     step_figures = list(figures.values())
     figures["total_seconds"] = round(sum(f["seconds"] for f in step_figures), 3)
     figures["total_api_calls"] = sum(f["api_calls"] for f in step_figures)
     return figures
+
+
+def _peak_rss_mb() -> int:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -214,7 +238,11 @@ def format_report(result: dict[str, Any]) -> str:
         for step, figures in run.items():
             if not isinstance(figures, dict):
                 continue
-            rest = {k: v for k, v in figures.items() if k not in ("seconds", "api_calls")}
+            rest = {
+                k: v
+                for k, v in figures.items()
+                if k not in ("seconds", "api_calls", "metrics_files")
+            }
             lines.append(
                 f"{number!s:<9}{step:<13}{figures['seconds']:>9.3f}{figures['api_calls']:>11}  "
                 f"{json.dumps(rest)}"

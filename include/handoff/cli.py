@@ -60,23 +60,49 @@ def logical_date_for(
     return datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC)
 
 
-def load_dag(source: str):
-    """The DAG ``handoff_<source>`` of ``dags/handoff.py`` (the one the scheduler runs)."""
+def load_dag(source: str, file: str = "handoff.py", dag_id: str | None = None):
+    """The DAG ``handoff_<source>`` of ``dags/handoff.py`` (the one the scheduler runs), or
+    ``dag_id`` of another DAG file."""
     import importlib.util
 
-    path = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]) / "handoff.py"
-    spec = importlib.util.spec_from_file_location(f"handoff_dag_{source}", path)
+    dag_id = dag_id or f"handoff_{source}"
+    path = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]) / file
+    spec = importlib.util.spec_from_file_location(f"dag_{dag_id}", path)
     if spec is None or spec.loader is None:
-        raise SystemExit(f"no DAG file for source {source!r} at {path}")
+        raise SystemExit(f"no DAG file {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     # The DAG file imports Airflow; this package never does (it finds the DAG by its id).
     for value in vars(module).values():
-        if getattr(value, "dag_id", None) == f"handoff_{source}" and hasattr(value, "test"):
+        if getattr(value, "dag_id", None) == dag_id and hasattr(value, "test"):
             return value
-    raise SystemExit(
-        f"{path} defines no DAG named handoff_{source}: is {source!r} in [sources].enabled?"
-    )
+    hint = f"is {source!r} in [sources].enabled?" if file == "handoff.py" else "is it enabled?"
+    raise SystemExit(f"{path} defines no DAG named {dag_id}: {hint}")
+
+
+def run_digest_dag(day: date | None, *, verbose: bool = False) -> tuple[int, Path | None]:
+    """One run of ``handoff_digest``; returns (exit code, the digest file when written)."""
+    _prepare_airflow()
+    from handoff.config import ConfigError, load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return 2, None
+    end = logical_date_for(day)
+    log_path = settings.output.run_dir / "airflow.log"
+    with _one_run_at_a_time("digest", str(end)), _output_to(log_path, enabled=not verbose):
+        dag_run = load_dag("digest", "handoff_digest.py", "handoff_digest").test(logical_date=end)
+    page = settings.digest.output_dir / (end - timedelta(seconds=1)).date().isoformat()
+    page = page / "digest.html"
+    state = str(getattr(dag_run.state, "value", dag_run.state))
+    if state != "success":
+        print(
+            f"Digest run {dag_run.run_id} ended {state}; Airflow's log: {log_path}", file=sys.stderr
+        )
+        return 1, page if page.exists() else None
+    return 0, page
 
 
 @contextmanager
@@ -237,6 +263,10 @@ def run_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("HANDOFF_RUN_DIR", str(demo_dir / "runs"))
     # The sandbox is a Salesforce org and a HubSpot portal with the same clients: one DAG each.
     os.environ.setdefault("HANDOFF_SOURCES", ",".join(SOURCES))
+    os.environ.setdefault("HANDOFF_DIGEST_DIR", str(demo_dir / "digest"))
+    # A first install in an org with clients at every stage of their 90 days: they are taken
+    # on for their future steps and watched for red flags from the first run.
+    os.environ.setdefault("HANDOFF_ADOPT_CLIENTS_IN_PROGRESS", "on")
     sandbox_db = demo_dir / "sandbox.db"
     summaries: dict[str, dict[str, Any]] = {}
     code = 0
@@ -259,6 +289,8 @@ def run_demo(args: argparse.Namespace) -> int:
             code = code or source_code
             if summary is not None:
                 summaries[source] = summary
+        digest_code, digest = run_digest_dag(None, verbose=args.verbose)
+        code = code or digest_code
         received = len(sink.messages)
     if not summaries:
         return code
@@ -266,6 +298,8 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"\n=== {source} ===")
         print(format_summary(summary))
     print(f"The SMTP sink received {received} messages; copies in {demo_dir / 'mailbox'}")
+    if digest is not None:
+        print(f"The RevOps digest (metrics as CSV and Parquet beside it): {digest}")
     index = _preview_a_demo_client(demo_dir)
     if index is not None:
         print(f"Every step of one demo client's 90 days, each email as they will read it: {index}")
@@ -401,6 +435,14 @@ def preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def digest(args: argparse.Namespace) -> int:
+    """``handoff digest``: the metrics and the digest of a day, sent once."""
+    code, page = run_digest_dag(args.date, verbose=args.verbose)
+    if page is not None:
+        print(f"The RevOps digest: {page}")
+    return code
+
+
 def backtest(args: argparse.Namespace) -> int:
     """``handoff backtest``: what the rules and the playbook would have done over the history
     in the state store, with the current settings; nothing is sent or written to the CRM."""
@@ -486,6 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--at", type=_moment, help="the end of the replay (default: now)")
     replay.add_argument("--out", type=Path, help="the folder for flags.csv and steps.csv")
 
+    daily = commands.add_parser(
+        "digest", help="metrics and the RevOps digest now (one run of the handoff_digest DAG)"
+    )
+    daily.add_argument("--date", type=_date, help="the digest of this day (UTC)")
+    daily.add_argument("--verbose", action="store_true", help="show Airflow's output")
+
     db = commands.add_parser("db", help="state store schema")
     db.add_argument("action", choices=["upgrade"], help="upgrade: migrate to this version")
 
@@ -525,6 +573,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--onboarding", type=int, default=20000, help="steady-state: clients in onboarding"
     )
+    bench.add_argument(
+        "--activities",
+        type=int,
+        help="steady-state: activities per client in the CRM, and the red-flag steps run",
+    )
     bench.add_argument("--seed", type=int, default=7)
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
 
@@ -542,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         "init": lambda: init_store(args),
         "preview": lambda: preview(args),
         "backtest": lambda: backtest(args),
+        "digest": lambda: digest(args),
         "db": lambda: upgrade_store(args),
         "demo": lambda: run_demo(args),
         "sandbox": lambda: _serve_sandbox(args),
@@ -574,7 +628,13 @@ def _benchmark(args: argparse.Namespace) -> int:
 
     logging.disable(logging.ERROR)  # the seeded bad-input deals would flood the report
     if args.scenario == "steady-state":
-        result = run_steady_state(args.deals, args.onboarding, seed=args.seed, source=args.source)
+        result = run_steady_state(
+            args.deals,
+            args.onboarding,
+            seed=args.seed,
+            source=args.source,
+            activities=args.activities,
+        )
     else:
         result = run_benchmark(args.deals, seed=args.seed, source=args.source)
     print(json.dumps(result, indent=2) if args.json else format_report(result))

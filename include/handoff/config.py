@@ -34,6 +34,8 @@ PLAYBOOK_ENV = "HANDOFF_PLAYBOOK"
 RUN_DIR_ENV = "HANDOFF_RUN_DIR"
 SOURCES_ENV = "HANDOFF_SOURCES"
 DIGEST_DIR_ENV = "HANDOFF_DIGEST_DIR"
+# "on" / "off": take on, at first install, the clients still inside their 90 days (the demo).
+ADOPT_ENV = "HANDOFF_ADOPT_CLIENTS_IN_PROGRESS"
 RED_FLAGS_ENV = "HANDOFF_RED_FLAGS"  # "on" / "off": the red-flag steps, whatever the file says
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -452,15 +454,16 @@ def _resolve(settings: Settings) -> Settings:
                 f"{SOURCES_ENV}={os.environ[SOURCES_ENV]!r} is invalid: {exc}"
             ) from exc
     red_flags = settings.red_flags
-    switch = os.environ.get(RED_FLAGS_ENV, "").strip().lower()
-    if switch:
-        if switch not in {"on", "off", "true", "false", "1", "0"}:
-            raise ConfigError(f"{RED_FLAGS_ENV}={switch!r} is invalid: use on or off")
-        red_flags = red_flags.model_copy(update={"enabled": switch in {"on", "true", "1"}})
+    if (switch := _switch(RED_FLAGS_ENV)) is not None:
+        red_flags = red_flags.model_copy(update={"enabled": switch})
+    detection = settings.detection
+    if (switch := _switch(ADOPT_ENV)) is not None:
+        detection = detection.model_copy(update={"adopt_clients_in_progress": switch})
     digest_dir = home / Path(os.environ.get(DIGEST_DIR_ENV) or settings.digest.output_dir)
     return settings.model_copy(
         update={
             "sources": sources,
+            "detection": detection,
             "red_flags": red_flags,
             "digest": settings.digest.model_copy(update={"output_dir": digest_dir}),
             "state": StateSettings(url=state_url),
@@ -469,6 +472,16 @@ def _resolve(settings: Settings) -> Settings:
             "steps": load_playbook(playbook_file, templates_dir),
         }
     )
+
+
+def _switch(name: str) -> bool | None:
+    """An on/off environment override; None when unset."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return None
+    if value not in {"on", "off", "true", "false", "1", "0"}:
+        raise ConfigError(f"{name}={value!r} is invalid: use on or off")
+    return value in {"on", "true", "1"}
 
 
 def _absolute_sqlite_url(url: str, home: Path) -> str:
