@@ -211,7 +211,10 @@ def detect_new_wins(
     calls_before = crm.api_calls
     start = onboarding_start(store, settings, source, run.window_end)
     if store.is_fresh():
-        _refuse_a_store_that_missed_our_history(store, crm, start.won_from, run.window_end)
+        # Only the wins this run would welcome: clients adopted in progress get no day-0 step
+        # (and in an org with our tasks on them, adopting is what taking over means).
+        welcomed_from = max(start.won_from, start.adopt_before or start.won_from)
+        _refuse_a_store_that_missed_our_history(store, crm, welcomed_from, run.window_end)
     start.remember(store)
     detected = store.start_onboarding(
         source,

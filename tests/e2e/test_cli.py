@@ -146,6 +146,35 @@ def test_a_new_empty_state_store_refuses_to_onboard_clients_the_crm_shows_we_did
     assert (len(smtp_sink.messages), sandbox.store.count("Task")) == (1, 2)
 
 
+def test_clients_adopted_in_progress_may_carry_our_tasks_recent_wins_may_not(
+    connections, sandbox, smtp_sink, monkeypatch, capfd
+):
+    """Taking over clients in progress (adopting them) is the one case where a new store finds
+    our tasks on them: it sends them no day-0 step, so only the wins it would welcome count."""
+    from datetime import timedelta
+
+    monkeypatch.setenv("HANDOFF_ADOPT_CLIENTS_IN_PROGRESS", "on")
+    org = SandboxOrg(sandbox.store)
+    adopted = org.won_deal("In progress", won_at=WON_AT - timedelta(days=20))
+    key = f"salesforce:{adopted}:first_visible_win"
+    sandbox.store.insert(
+        "Task", {"WhatId": adopted, "Subject": "First visible win", "Handoff_Key__c": key,
+                 "Status": "Completed", "OwnerId": org.csm},
+    )  # fmt: skip
+    code, output = handoff(capfd, "run", "--date", DAY)
+    assert code == 0, output
+
+    recent = org.won_deal("Welcomed elsewhere")
+    sandbox.store.insert(
+        "Task", {"WhatId": recent, "Subject": "First CS contact", "OwnerId": org.csm,
+                 "Handoff_Key__c": f"salesforce:{recent}:first_cs_contact"},
+    )  # fmt: skip
+    fresh = sandbox.db_path.parent / "fresh.db"
+    monkeypatch.setenv("HANDOFF_STATE_URL", f"sqlite:///{fresh}")
+    code, output = handoff(capfd, "run", "--date", DAY)
+    assert code == 1 and "has never planned" in output
+
+
 def test_a_second_run_of_the_same_source_at_once_is_refused_in_plain_words(
     connections, smtp_sink, capfd
 ):

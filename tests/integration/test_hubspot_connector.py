@@ -212,6 +212,24 @@ def test_changed_deals_come_back_normalised(client, settings, portal, sandbox):
     assert crm.api_calls - calls == 4 == served(sandbox) - before
 
 
+def test_the_scope_change_checkbox_is_read_where_the_portal_has_one(crm, client, settings, portal):
+    ticked = portal.deal("Asks for more", scope_change_requested="true")
+    unticked = portal.deal("Never asked")
+    [frame] = list(crm.iter_changed_deals(WINDOW_START, WINDOW_END))
+    rows = frame.set_index("deal_id")
+    assert rows.loc[ticked, "scope_change"] is True
+    assert rows.loc[unticked, "scope_change"] is False, "an empty checkbox is not ticked"
+    activities = settings.hubspot.activities
+    for prop in ("", "no_such_property"):
+        unread = connector(
+            client,
+            settings,
+            activities=activities.model_copy(update={"scope_change_property": prop}),
+        )
+        [frame] = list(unread.iter_changed_deals(WINDOW_START, WINDOW_END))
+        assert frame["scope_change"].isna().all(), f"not read: {prop!r}"
+
+
 def test_the_window_is_half_open_to_the_millisecond(crm, portal):
     portal.deal("Before", modstamp=WINDOW_START - timedelta(milliseconds=1))
     first = portal.deal("At the start", modstamp=WINDOW_START)

@@ -8,12 +8,14 @@ limits, rate limiting and the fault plan.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
 import re
 import sqlite3
 import time
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +34,24 @@ from hubspot.crm.objects.tasks import BatchResponseSimplePublicObject as TasksBa
 from hubspot.crm.objects.tasks import BatchResponseSimplePublicObjectWithErrors as TasksPartial
 from urllib3.util.retry import Retry
 
-from handoff.sandbox import EDGE_CASE_DEALS, HubSpotStore, SandboxServer, seed_portal
+from handoff.sandbox import EDGE_CASE_DEALS, HubSpotStore, SandboxServer, hubspot_api, seed_portal
+from handoff.sandbox.histories import HISTORY_CASES, healthy_history
 from handoff.sandbox.hubspot_api import HubSpotLimits
 from handoff.sandbox.hubspot_seed import EDGE_CASE_DEALS as PORTAL_EDGE_CASE_DEALS
 from handoff.sandbox.hubspot_seed import (
     ENTERPRISE_PIPELINE_ID,
     ENTERPRISE_WON_STAGE_ID,
     HANDOFF_PROPERTIES,
+    HISTORY_DAYS,
     PRIMARY_CONTACT_LABEL_TYPE_ID,
 )
-from handoff.sandbox.hubspot_store import HubSpotObject, from_hubspot_timezone
+from handoff.sandbox.hubspot_store import (
+    ENGAGEMENT_TYPES,
+    HubSpotObject,
+    format_ms,
+    from_hubspot_timezone,
+    to_ms,
+)
 
 TODAY = date(2026, 11, 23)
 TOKEN = "test-token"
@@ -747,6 +757,294 @@ def test_search_finds_new_records_only_after_the_index_delay(
     assert len(tasks_with_key(hs, ["indexed-later"])) == 1
 
 
+# -- activities (engagements) ---------------------------------------------------------------
+
+MIDNIGHT = datetime.combine(TODAY, datetime.min.time(), UTC)
+ENGAGEMENT_PROPERTIES = {
+    "meetings": ["hs_meeting_title", "hs_meeting_body", "hs_meeting_start_time",
+                 "hs_meeting_end_time", "hs_meeting_outcome", "hs_timestamp", "hubspot_owner_id"],
+    "emails": ["hs_email_subject", "hs_email_text", "hs_email_direction", "hs_timestamp",
+               "hubspot_owner_id"],
+    "calls": ["hs_call_title", "hs_call_body", "hs_call_direction", "hs_call_status",
+              "hs_timestamp", "hubspot_owner_id"],
+    "notes": ["hs_note_body", "hs_timestamp", "hubspot_owner_id"],
+    "tasks": ["hs_task_subject", "hs_task_body", "hs_task_status", "hs_timestamp",
+              "hubspot_owner_id", "handoff_key"],
+}  # fmt: skip
+# HubSpot's default association type ids: (to deal, deal to, to contact, contact to).
+ENGAGEMENT_TYPE_IDS = {
+    "meetings": (212, 211, 200, 199),
+    "emails": (210, 209, 198, 197),
+    "calls": (206, 205, 194, 193),
+    "notes": (214, 213, 202, 201),
+    "tasks": (216, 215, 204, 203),
+}
+KINDS = {
+    "meeting": "meetings",
+    "email": "emails",
+    "call": "calls",
+    "note": "notes",
+    "task": "tasks",
+}
+
+
+def engagements_of(hs: hubspot.Client, from_type: str, ids: list[str], to_type: str) -> dict:
+    """``{from id: {to id: [(category, typeId)]}}`` through the v4 batch read."""
+    answer = hs.crm.associations.v4.batch_api.get_page(
+        from_type, to_type, {"inputs": [{"id": i} for i in ids]}
+    )
+    return {
+        r._from.id: {
+            str(to.to_object_id): [(t.category, t.type_id) for t in to.association_types]
+            for to in r.to
+        }
+        for r in answer.results
+    }
+
+
+def modified_between(server: SandboxServer, object_type: str, lo: int, hi: int) -> list[str]:
+    records = server.hubspot_store.page(object_type, archived=False, after_id=0, limit=10**6)
+    chosen = sorted(
+        (r for r in records if lo <= r.updated_ms < hi), key=lambda r: (r.updated_ms, r.id)
+    )
+    return [str(r.id) for r in chosen]
+
+
+@pytest.mark.parametrize("object_type", ENGAGEMENT_TYPES)
+def test_engagements_are_searched_by_last_modified_and_batch_read(
+    hs: hubspot.Client, server: SandboxServer, object_type: str
+) -> None:
+    api = getattr(hs.crm.objects, object_type)
+    lo, hi = to_ms(MIDNIGHT - timedelta(days=60)), to_ms(MIDNIGHT)
+    expected = modified_between(server, object_type, lo, hi)
+    assert expected, "the seed logs every kind of activity"
+    properties = ENGAGEMENT_PROPERTIES[object_type]
+    window = [
+        {"propertyName": "hs_lastmodifieddate", "operator": "GTE", "value": str(lo)},
+        {"propertyName": "hs_lastmodifieddate", "operator": "LT", "value": str(hi)},
+    ]
+    seen, after = [], None
+    while True:
+        page = api.search_api.do_search(
+            public_object_search_request={
+                "filterGroups": [{"filters": window}],
+                "sorts": [{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}],
+                "properties": properties,
+                "limit": 200,
+                "after": after,
+            }
+        )
+        assert page.total == len(expected)
+        seen += page.results
+        if page.paging is None:
+            break
+        after = page.paging.next.after
+    assert [r.id for r in seen] == expected, "ascending, ties in id order, every record once"
+    assert set(seen[0].properties) == {
+        *properties, "hs_createdate", "hs_lastmodifieddate", "hs_object_id"
+    }  # fmt: skip
+    assert all(HS_DATETIME_RE.match(r.properties["hs_timestamp"]) for r in seen)
+
+    ids = expected[:100]
+    read = api.batch_api.read({"inputs": [{"id": i} for i in ids], "properties": properties})
+    assert sorted(r.id for r in read.results) == sorted(ids)
+    with pytest.raises(
+        importlib.import_module(f"hubspot.crm.objects.{object_type}").ApiException
+    ) as caught:
+        api.batch_api.read({"inputs": [{"id": i} for i in expected[:1] * 101]})
+    assert caught.value.status == 400
+    assert error_body(caught.value)["category"] == "VALIDATION_ERROR"
+
+
+@pytest.mark.parametrize(
+    ("object_type", "name", "values"),
+    [
+        ("meetings", "hs_meeting_outcome",
+         {"SCHEDULED", "COMPLETED", "RESCHEDULED", "NO_SHOW", "CANCELED"}),
+        ("emails", "hs_email_direction", {"EMAIL", "INCOMING_EMAIL", "FORWARDED_EMAIL"}),
+        ("calls", "hs_call_direction", {"INBOUND", "OUTBOUND"}),
+        ("calls", "hs_call_status", {"COMPLETED", "NO_ANSWER", "BUSY", "FAILED", "CANCELED"}),
+        ("tasks", "hs_task_status", {"COMPLETED", "NOT_STARTED"}),
+    ],
+)  # fmt: skip
+def test_engagement_outcomes_and_directions_are_hubspots_enumerations(
+    hs: hubspot.Client, object_type: str, name: str, values: set[str]
+) -> None:
+    described = hs.crm.properties.core_api.get_by_name(object_type, name)
+    assert described.type == "enumeration"
+    assert values <= {option.value for option in described.options}
+
+
+def test_engagements_are_associated_both_ways_with_hubspots_type_ids(
+    hs: hubspot.Client,
+) -> None:
+    name = HISTORY_CASES[0].deal  # the healthy client: every kind of activity
+    deal_id = deals_by_name(hs, [name])[name].id
+    [contact_id] = engagements_of(hs, "deals", [deal_id], "contacts")[deal_id]
+    for object_type, (to_deal, deal_to, to_contact, contact_to) in ENGAGEMENT_TYPE_IDS.items():
+        from_deal = engagements_of(hs, "deals", [deal_id], object_type)[deal_id]
+        assert from_deal and all(
+            types == [("HUBSPOT_DEFINED", deal_to)] for types in from_deal.values()
+        ), object_type
+        back = engagements_of(hs, object_type, list(from_deal), "deals")
+        assert back == {i: {deal_id: [("HUBSPOT_DEFINED", to_deal)]} for i in from_deal}
+        to_contacts = engagements_of(hs, object_type, list(from_deal), "contacts")
+        assert to_contacts == {
+            i: {contact_id: [("HUBSPOT_DEFINED", to_contact)]} for i in from_deal
+        }
+        from_contact = engagements_of(hs, "contacts", [contact_id], object_type)[contact_id]
+        assert set(from_contact) == set(from_deal)
+        assert {t for types in from_contact.values() for t in types} == {
+            ("HUBSPOT_DEFINED", contact_to)
+        }
+        labels = hs.crm.associations.v4.schema.definitions_api.get_all(object_type, "deals")
+        assert [(label.category, label.type_id) for label in labels.results] == [
+            ("HUBSPOT_DEFINED", to_deal)
+        ]
+
+
+def test_association_reads_take_1000_inputs_and_page_each_input_on_its_own(
+    hs: hubspot.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = HISTORY_CASES[0].deal
+    deal_id = deals_by_name(hs, [name])[name].id
+    batch = hs.crm.associations.v4.batch_api
+    unknown = [{"id": str(n)} for n in range(1, 1000)]
+    answer = batch.get_page("deals", "emails", {"inputs": [{"id": deal_id}, *unknown]})
+    assert answer.num_errors == 999 and [r._from.id for r in answer.results] == [deal_id]
+    with pytest.raises(hubspot.crm.associations.v4.ApiException) as caught:
+        batch.get_page("deals", "emails", {"inputs": [{"id": deal_id}, *unknown, {"id": "0"}]})
+    assert caught.value.status == 400
+    body = error_body(caught.value)
+    assert body["category"] == "VALIDATION_ERROR" and "1000" in body["message"]
+
+    everything = set(engagements_of(hs, "deals", [deal_id], "emails")[deal_id])
+    monkeypatch.setattr(hubspot_api, "ASSOCIATION_PAGE", 3)
+    read: list[str] = []
+    inputs: list[dict[str, str]] = [{"id": deal_id}]
+    while inputs:
+        [result] = batch.get_page("deals", "emails", {"inputs": inputs}).results
+        assert len(result.to) <= 3
+        read += [str(to.to_object_id) for to in result.to]
+        inputs = [{"id": deal_id, "after": result.paging.next.after}] if result.paging else []
+    assert len(read) == len(everything) > 3 and set(read) == everything
+
+
+def test_archived_engagements_leave_search_and_keep_their_associations(
+    hs: hubspot.Client, portal: dict[str, Any]
+) -> None:
+    notes = hs.crm.objects.notes
+    to_acme = {
+        "to": {"id": portal["acme"]},
+        "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 214}],
+    }
+    with pytest.raises(hubspot.crm.objects.notes.ApiException) as caught:
+        notes.basic_api.create({"properties": {"hs_note_body": "No date"}})
+    assert caught.value.status == 400 and "hs_timestamp" in error_body(caught.value)["message"]
+    created = notes.basic_api.create(
+        {"properties": {"hs_note_body": "<p>Archive me</p>",
+                        "hs_timestamp": "2026-11-20T10:00:00Z"},
+         "associations": [to_acme]}
+    )  # fmt: skip
+    by_id = {"propertyName": "hs_object_id", "operator": "EQ", "value": created.id}
+    search = {"filterGroups": [{"filters": [by_id]}]}
+    assert notes.search_api.do_search(public_object_search_request=search).total == 1
+    assert created.id in engagements_of(hs, "deals", [portal["acme"]], "notes")[portal["acme"]]
+    notes.basic_api.archive(created.id)
+    assert notes.search_api.do_search(public_object_search_request=search).total == 0
+    archived = notes.basic_api.get_page(archived=True, limit=100, properties=["hs_note_body"])
+    [gone] = [note for note in archived.results if note.id == created.id]
+    assert gone.archived and gone.archived_at and gone.properties["hs_note_body"]
+    assert created.id not in engagements_of(hs, "deals", [portal["acme"]], "notes").get(
+        portal["acme"], {}
+    ), "associations to an archived record are not answered"
+    assert engagements_of(hs, "notes", [created.id], "deals") == {
+        created.id: {portal["acme"]: [("HUBSPOT_DEFINED", 214)]}
+    }, "an archived record's own associations are (the sandbox's choice, see hubspot_api)"
+
+
+def test_history_cases_are_named_clients_with_their_histories(hs: hubspot.Client) -> None:
+    names = [case.deal for case in HISTORY_CASES]
+    deals = deals_by_name(
+        hs, names, "dealstage", "amount", "hs_v2_date_entered_closedwon", "closedate",
+        "customer_success_manager", "scope_change_requested", *HANDOFF_PROPERTIES,
+    )  # fmt: skip
+    assert set(deals) == set(names)
+    ids = [deals[name].id for name in names]
+    contacts = engagements_of(hs, "deals", ids, "contacts")
+    people = hs.crm.contacts.batch_api.read(
+        {"inputs": [{"id": next(iter(contacts[i]))} for i in ids],
+         "properties": ["email", "country", "hs_timezone"]}
+    )  # fmt: skip
+    by_email = {c.properties["email"]: c.properties for c in people.results}
+    linked = {kind: engagements_of(hs, "deals", ids, kind) for kind in ENGAGEMENT_TYPES}
+    for case in HISTORY_CASES:
+        deal = deals[case.deal]
+        props, won = deal.properties, case.won_at(TODAY)
+        assert props["dealstage"] == "closedwon"
+        assert props["hs_v2_date_entered_closedwon"] == format_ms(to_ms(won)), case.deal
+        assert props["amount"] == str(int(case.amount)) and props["customer_success_manager"]
+        assert props["scope_change_requested"] == ("true" if case.scope_change else "false")
+        missing = {f"handoff_{key}" for key in case.missing_doc}
+        assert {n for n in HANDOFF_PROPERTIES if not props[n]} == missing, case.deal
+        [(contact_id, types)] = contacts[deal.id].items()
+        assert ("USER_DEFINED", PRIMARY_CONTACT_LABEL_TYPE_ID) in types
+        person = by_email[case.email]
+        assert from_hubspot_timezone(person["hs_timezone"]) == case.time_zone
+        assert person["country"] == case.country
+        history = case.history(won)
+        for kind, object_type in KINDS.items():
+            expected = sum(item.kind == kind for item in history)
+            assert len(linked[object_type].get(deal.id, {})) == expected, (case.deal, kind)
+
+
+def test_every_recent_win_has_the_healthy_history_the_salesforce_org_gets(
+    server: SandboxServer,
+) -> None:
+    store = server.hubspot_store
+    cases = {case.deal for case in HISTORY_CASES}
+    won: dict[int, tuple[str, datetime]] = {}
+    for deal in live_deals(server):
+        props = deal.properties
+        entered = props.get(f"hs_v2_date_entered_{props['dealstage']}")
+        if props.get("hs_is_closed_won") == "true" and props["dealname"] not in cases and entered:
+            moment = datetime.fromisoformat(entered.replace("Z", "+00:00"))
+            won[deal.id] = (props["dealname"], moment)
+    recent = {i for i, (_, at) in won.items() if at >= MIDNIGHT - timedelta(days=HISTORY_DAYS)}
+    assert len(recent) >= len(EDGE_CASE_DEALS) + 4 and len(won) > len(recent)
+    emails = store.associations("deals", list(won), "emails")
+    for deal_id, (name, won_at) in won.items():
+        expected = healthy_history(name, won_at, MIDNIGHT) if deal_id in recent else []
+        sent = [e for e in expected if e.kind == "email"]
+        stored = store.get_many("emails", emails.get(deal_id, {}))
+        stamps = sorted(r.properties["hs_timestamp"] for r in stored.values())
+        assert stamps == sorted(format_ms(to_ms(e.at)) for e in sent), name
+
+
+def test_activities_per_deal_sets_the_load_and_leaves_every_other_record(tmp_path: Path) -> None:
+    loads = {}
+    for load in (None, 6):
+        store = HubSpotStore(tmp_path / f"load-{load}.db")
+        summary = seed_portal(store, seed=3, deals=40, today=TODAY, activities_per_deal=load)
+        loads[load] = summary
+        store.close()
+    assert _dump(tmp_path / "load-None.db", skip_activities=True) == _dump(
+        tmp_path / "load-6.db", skip_activities=True
+    )
+    assert loads[6]["emails"] > loads[None]["emails"]
+    store = HubSpotStore(tmp_path / "load-6.db")
+    deals = {d.properties["dealname"]: d for d in store.page("deals", archived=False, after_id=0,
+                                                              limit=10**6)}  # fmt: skip
+    name = EDGE_CASE_DEALS[0]
+    won = datetime.fromisoformat(deals[name].properties["closedate"].replace("Z", "+00:00"))
+    linked = sum(
+        len(store.associations("deals", [deals[name].id], kind).get(deals[name].id, {}))
+        for kind in ENGAGEMENT_TYPES
+    )
+    assert linked == len(healthy_history(name, won, MIDNIGHT, count=6))
+    store.close()
+
+
 # -- rate limits and authentication ----------------------------------------------------------
 
 
@@ -817,13 +1115,63 @@ def test_requests_without_the_token_get_401(server: SandboxServer, token: str | 
 # -- seeding ---------------------------------------------------------------------------------
 
 
-def _dump(path: Path) -> list[tuple[Any, ...]]:
+def _dump(path: Path, *, skip_activities: bool = False) -> list[tuple[Any, ...]]:
     with sqlite3.connect(path) as conn:
-        return [
+        rows = [
             row
             for table in ("hubspot_object", "hubspot_association", "hubspot_owner")
             for row in conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3")
         ]
+    if skip_activities:  # hubspot_object rows start with the type, associations' too
+        rows = [r for r in rows if r[0] not in ENGAGEMENT_TYPES and r[2] not in ENGAGEMENT_TYPES]
+    return rows
+
+
+# The seed=3, deals=40 portal of TODAY before clients had histories (records, associations,
+# owners): the histories added since must leave every one of them as it was.
+PORTAL_BEFORE_HISTORIES = "764176914681cc8714ceaf4dcf700fbbece6eb64ce02564702f45ed95d7d6ab3"
+
+
+def _digest_without_histories(path: Path) -> str:
+    """A digest of the portal's records, leaving out the history cases' and every activity."""
+    cases = {
+        *{("deals", "dealname", case.deal) for case in HISTORY_CASES},
+        *{("companies", "name", case.account) for case in HISTORY_CASES},
+        *{("contacts", "email", case.email) for case in HISTORY_CASES},
+    }
+    digest = hashlib.sha256()
+    with sqlite3.connect(path) as conn:
+        objects = conn.execute(
+            "SELECT object_type, id, created_ms, updated_ms, archived, archived_ms, properties "
+            "FROM hubspot_object ORDER BY object_type, id"
+        ).fetchall()
+        skip = {
+            (row[0], row[1])
+            for row in objects
+            if row[0] in ENGAGEMENT_TYPES
+            or any(
+                (row[0], name, json.loads(row[6]).get(name)) in cases
+                for name in ("dealname", "name", "email")
+            )
+        }
+        for row in objects:
+            if (row[0], row[1]) not in skip:
+                record = [*row[:6], json.loads(row[6])]
+                digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False).encode())
+        for row in conn.execute("SELECT * FROM hubspot_association ORDER BY 1, 2, 3, 4, 5, 6"):
+            if (row[0], row[1]) not in skip and (row[2], row[3]) not in skip:
+                digest.update(json.dumps(row).encode())
+        for row in conn.execute("SELECT * FROM hubspot_owner ORDER BY id"):
+            digest.update(json.dumps(row).encode())
+    return digest.hexdigest()
+
+
+def test_histories_leave_every_record_the_portal_had_before(tmp_path: Path) -> None:
+    store = HubSpotStore(tmp_path / "portal.db")
+    summary = seed_portal(store, seed=3, deals=40, today=TODAY)
+    store.close()
+    assert summary["history_cases"] == len(HISTORY_CASES) and summary["emails"] > 0
+    assert _digest_without_histories(tmp_path / "portal.db") == PORTAL_BEFORE_HISTORIES
 
 
 def test_seeding_is_deterministic_and_quick_for_5000_deals(tmp_path: Path) -> None:
@@ -837,6 +1185,9 @@ def test_seeding_is_deterministic_and_quick_for_5000_deals(tmp_path: Path) -> No
     started = time.perf_counter()
     summary = seed_portal(store, seed=7, deals=5000, today=TODAY)
     elapsed = time.perf_counter() - started
-    assert summary["deals"] == 5000 + len(EDGE_CASE_DEALS) == store.count("deals")
-    assert elapsed < 5, f"seeding 5,000 deals took {elapsed:.1f} s"
+    # The named history clients come on top of the random deals and the edge cases.
+    expected = 5000 + len(EDGE_CASE_DEALS) + len(HISTORY_CASES)
+    assert summary["deals"] == expected == store.count("deals")
+    assert all(summary[name] == store.count(name) > 0 for name in ENGAGEMENT_TYPES)
+    assert elapsed < 5, f"seeding 5,000 deals and their histories took {elapsed:.1f} s"
     store.close()

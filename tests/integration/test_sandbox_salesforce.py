@@ -38,9 +38,11 @@ from handoff.sandbox import (
     FaultRule,
     SandboxServer,
     SandboxStore,
+    SoqlError,
     compile_soql,
     seed_org,
 )
+from handoff.sandbox.histories import HISTORY_CASES
 from handoff.sandbox.ids import checksum, make_id
 
 TODAY = date(2026, 11, 23)
@@ -459,6 +461,128 @@ def test_an_org_file_from_before_the_key_field_gains_its_column(tmp_path: Path) 
         store.close()
 
 
+# -- activities: Task, Event, EmailMessage -------------------------------------------------------
+
+
+def test_activity_objects_are_described_like_salesforce(sf: Salesforce) -> None:
+    event = sf.Event.describe()
+    email = sf.EmailMessage.describe()
+    assert (event["keyPrefix"], email["keyPrefix"], sf.Task.describe()["keyPrefix"]) == (
+        "00U", "02s", "00T",
+    )  # fmt: skip
+    task = {f["name"]: f for f in sf.Task.describe()["fields"]}
+    assert [p["value"] for p in task["CallType"]["picklistValues"]] == [
+        "Internal", "Inbound", "Outbound",
+    ]  # fmt: skip
+    assert task["TaskSubtype"]["restrictedPicklist"] and task["TaskSubtype"]["defaultedOnCreate"]
+    assert not task["CompletedDateTime"]["createable"] and task["CompletedDateTime"]["nillable"]
+    events = {f["name"]: f for f in event["fields"]}
+    assert events["Outcome__c"]["custom"] and events["Outcome__c"]["type"] == "picklist"
+    assert events["WhoId"]["referenceTo"] == ["Contact"]
+    emails = {f["name"]: f for f in email["fields"]}
+    assert emails["RelatedToId"]["referenceTo"] == ["Opportunity", "Account"]
+    assert emails["Incoming"]["type"] == "boolean" and "OwnerId" not in emails
+    assert not emails["TextBody"]["filterable"], "a long text area, as in Salesforce"
+    for fields in (task, events, emails):
+        assert {"SystemModstamp", "CreatedDate", "LastModifiedDate", "IsDeleted"} <= set(fields)
+    opportunity = {f["name"]: f for f in sf.Opportunity.describe()["fields"]}
+    box = opportunity["Scope_Change_Requested__c"]
+    assert (box["type"], box["defaultValue"], box["custom"]) == ("boolean", False, True)
+
+
+def test_activities_are_queried_like_the_connector_does_deleted_ones_through_query_all(
+    sf: Salesforce, org: dict[str, Any], server: SandboxServer
+) -> None:
+    contact = sf.query("SELECT Id FROM Contact LIMIT 1")["records"][0]["Id"]
+    event = sf.Event.create(
+        {"WhoId": contact, "OwnerId": org["ae"], "Subject": "Onsite visit",
+         "StartDateTime": "2026-12-01T15:00:00Z", "EndDateTime": "2026-12-01T16:00:00Z",
+         "Outcome__c": "No Show"}
+    )["id"]  # fmt: skip
+    email = sf.EmailMessage.create(
+        {"RelatedToId": org["deal"], "Subject": "Hello", "TextBody": "Hi there", "Incoming": True,
+         "MessageDate": "2026-12-01T09:00:00Z", "Status": "1"}
+    )["id"]  # fmt: skip
+    assert event.startswith("00U") and email.startswith("02s")
+    now = datetime.now(UTC)
+    window = (
+        f"SystemModstamp >= {(now - timedelta(hours=1)).strftime('%Y-%m-%dT%H:%M:%SZ')} AND "
+        f"SystemModstamp < {(now + timedelta(hours=1)).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    )
+    found = sf.query(
+        f"SELECT Id, WhoId, Outcome__c, StartDateTime FROM Event WHERE {window} AND "
+        f"(WhatId IN ('{org['deal']}') OR WhoId IN ('{contact}')) ORDER BY SystemModstamp, Id"
+    )["records"]
+    assert [(r["Id"], r["Outcome__c"], r["StartDateTime"]) for r in found] == [
+        (event, "No Show", "2026-12-01T15:00:00.000+0000"),
+    ]
+    assert sf.EmailMessage.delete(email) == 204
+    soql = (
+        f"SELECT Id, IsDeleted, Incoming FROM EmailMessage WHERE {window} "
+        f"AND RelatedToId IN ('{org['deal']}') ORDER BY SystemModstamp, Id"
+    )
+    assert sf.query(soql)["records"] == []
+    deleted = sf.query_all(soql, include_deleted=True)["records"]
+    assert [(r["Id"], r["IsDeleted"], r["Incoming"]) for r in deleted] == [(email, True, True)]
+    assert server.store.get("EmailMessage", email)["CreatedById"] is None, "not writable"
+
+
+def test_a_task_is_completed_when_closed_and_no_longer_when_reopened(
+    sf: Salesforce, org: dict[str, Any]
+) -> None:
+    call = sf.Task.create(
+        {"Subject": "call-1", "OwnerId": org["ae"], "WhatId": org["deal"], "TaskSubtype": "Call",
+         "CallType": "Outbound"}
+    )["id"]  # fmt: skip
+    created = sf.Task.get(call)
+    assert (created["Status"], created["CompletedDateTime"]) == ("Not Started", None)
+    assert sf.Task.update(call, {"Status": "Completed"}) == 204
+    closed = sf.Task.get(call)
+    assert closed["CompletedDateTime"] is not None
+    assert closed["CompletedDateTime"] == closed["SystemModstamp"]
+    assert sf.Task.update(call, {"Subject": "call-1 (notes)"}) == 204
+    assert sf.Task.get(call)["CompletedDateTime"] == closed["CompletedDateTime"], "still closed"
+    assert sf.Task.update(call, {"Status": "In Progress"}) == 204
+    assert sf.Task.get(call)["CompletedDateTime"] is None
+    plain = sf.Task.get(sf.Task.create({"Subject": "todo-1", "OwnerId": org["ae"]})["id"])
+    assert (plain["TaskSubtype"], plain["CallType"]) == ("Task", None)
+    for bad, field in (
+        ({"CompletedDateTime": "2026-01-01T00:00:00Z"}, "CompletedDateTime"),
+        ({"CallType": "Sideways"}, "CallType"),
+        ({"Priority": None}, "Priority"),
+    ):
+        with pytest.raises(SalesforceMalformedRequest) as refused:
+            sf.Task.update(call, bad)
+        assert refused.value.content[0]["fields"] == [field]
+
+
+def test_a_soql_statement_over_100000_characters_is_malformed() -> None:
+    head, tail = "SELECT Id FROM Task WHERE WhatId IN (", ")"
+    ids = ", ".join(f"'{make_id('006', n)}'" for n in range(1, 5000))
+    longest = head + ids[: 100_000 - len(head) - len(tail)].rsplit(", ", 1)[0] + tail
+    assert len(longest) <= 100_000
+    compile_soql(longest + " " * (100_000 - len(longest)))  # exactly at the limit: fine
+    with pytest.raises(SoqlError) as refused:
+        compile_soql(longest + " " * (100_001 - len(longest)))
+    assert refused.value.error_code == "MALFORMED_QUERY"
+    assert "cannot be longer than 100,000 characters" in refused.value.message
+
+
+def test_a_request_uri_over_16384_bytes_is_refused_before_the_api(
+    sf: Salesforce, server: SandboxServer
+) -> None:
+    def ids(count: int) -> str:  # 30 bytes each once URL-encoded
+        return ", ".join(f"'{make_id('006', n)}'" for n in range(1, count + 1))
+
+    calls = server.stats()["api_calls"]
+    with pytest.raises(SalesforceGeneralError) as refused:
+        sf.query(f"SELECT Id FROM Task WHERE WhatId IN ({ids(600)})")
+    assert refused.value.status == 414
+    assert server.stats()["api_calls"] == calls, "the front end refused it: no API call"
+    assert sf.query(f"SELECT Id FROM Task WHERE WhatId IN ({ids(500)})")["done"] is True
+    assert server.stats()["api_calls"] == calls + 1
+
+
 # -- where the client is and how to greet them -----------------------------------------------------
 
 CONTACT_PLACE = ("MailingCountry", "Time_Zone__c", "Language__c", "Greeting_Name__c")
@@ -825,12 +949,14 @@ LOOKUPS = [
      "AND SystemModstamp < 2026-11-23T00:00:00Z ORDER BY SystemModstamp ASC, Id ASC",
      "ix_Opportunity_mod"),
     ("SELECT Id FROM Account WHERE Id = '0018d0000Ab0001AQA'", "sqlite_autoindex_Account_1"),
+    ("SELECT Id FROM EmailMessage WHERE SystemModstamp < 2026-11-23T00:00:00Z "
+     "AND RelatedToId IN ('0068d0000Ab0001AQA', '0068d0000Ab0002AQA') "
+     "ORDER BY SystemModstamp ASC, Id ASC", "ix_EmailMessage_RelatedToId"),
 ]  # fmt: skip
+LOOKUP_IDS = ["contact_roles", "contacts", "tasks", "modstamp", "id", "emails"]
 
 
-@pytest.mark.parametrize(
-    ("soql", "index"), LOOKUPS, ids=["contact_roles", "contacts", "tasks", "modstamp", "id"]
-)
+@pytest.mark.parametrize(("soql", "index"), LOOKUPS, ids=LOOKUP_IDS)
 def test_lookups_search_an_index_instead_of_scanning(
     server: SandboxServer, soql: str, index: str
 ) -> None:
@@ -838,8 +964,18 @@ def test_lookups_search_an_index_instead_of_scanning(
     assert f"SEARCH t0 USING INDEX {index}" in plan[0] or (
         f"SEARCH t0 USING COVERING INDEX {index}" in plan[0]
     ), plan
-    if "ORDER BY SystemModstamp" in soql:
+    if "ORDER BY SystemModstamp" in soql and "SystemModstamp >=" in soql:
         assert len(plan) == 1, f"the index gives the order, no sort step: {plan}"
+
+
+def test_activities_of_deals_or_their_contacts_search_both_lookups(server: SandboxServer):
+    soql = (
+        "SELECT Id FROM Task WHERE SystemModstamp >= 2026-11-20T00:00:00Z "
+        "AND SystemModstamp < 2026-11-23T00:00:00Z AND (WhatId IN ('0068d0000Ab0001AQA') "
+        "OR WhoId IN ('0038d0000Ab0001AQA')) ORDER BY SystemModstamp ASC, Id ASC"
+    )
+    plan = " | ".join(compile_soql(soql).query_plan(server.store))
+    assert "USING INDEX ix_Task_WhatId" in plan and "USING INDEX ix_Task_WhoId" in plan, plan
 
 
 def test_every_answer_reports_api_usage(sf: Salesforce, server: SandboxServer) -> None:
@@ -1060,13 +1196,14 @@ def test_seeding_is_deterministic(tmp_path: Path) -> None:
         try:
             seed_org(store, seed=seed, deals=30, today=TODAY)
             return {s: store.rows(s) for s in ("User", "Account", "Contact", "Opportunity",
-                                              "OpportunityContactRole")}  # fmt: skip
+                                              "OpportunityContactRole", "Task", "Event",
+                                              "EmailMessage")}  # fmt: skip
         finally:
             store.close()
 
     first, again, other = snapshot("a.db", 11), snapshot("b.db", 11), snapshot("c.db", 12)
     assert first == again
-    assert first["Opportunity"] and first != other
+    assert first["Opportunity"] and first["EmailMessage"] and first != other
 
 
 def test_the_org_has_the_expected_people(sf: Salesforce) -> None:
@@ -1284,7 +1421,11 @@ def test_recent_wins_spread_over_the_onboarding_window(
     wins = [
         d for d in store.rows("Opportunity") if d["IsWon"] and d["LastStageChangeDate"] >= start
     ]
-    assert len(wins) == summary["recent_won"] == round(1000 * recent_share) + len(EDGE_CASE_DEALS)
+    # The named clients of the red-flag scenario count too when won inside the window.
+    window = datetime.combine(TODAY - timedelta(days=onboarding_days), datetime.min.time(), UTC)
+    named = sum(1 for case in HISTORY_CASES if case.won_at(TODAY) >= window)
+    expected = round(1000 * recent_share) + len(EDGE_CASE_DEALS) + named
+    assert len(wins) == summary["recent_won"] == expected
     days_ago = Counter(
         (TODAY - date.fromisoformat(d["LastStageChangeDate"][:10])).days for d in wins
     )
@@ -1308,11 +1449,17 @@ def test_seed_options_are_checked(options: dict[str, Any]) -> None:
 
 
 def test_company_names_stay_unique_beyond_every_combination() -> None:
-    """About 3,800 stem/kind/suffix combinations; a larger org qualifies the names."""
+    """About 3,800 stem/kind/suffix combinations; a larger org qualifies the names.
+
+    The named clients of the red-flag scenario keep their own names (the same in every CRM),
+    so "Willow Health" may also be a generated company, as two accounts of a real org may be.
+    """
     store = SandboxStore(":memory:")
     summary = seed_org(store, deals=6600, today=TODAY)
-    names = [a["Name"] for a in store.rows("Account")]
-    assert len(names) == len(set(names)) == summary["accounts"] > 3900
+    cases = {case.deal for case in HISTORY_CASES}
+    named = {d["AccountId"] for d in store.rows("Opportunity") if d["Name"] in cases}
+    names = [a["Name"] for a in store.rows("Account") if a["Id"] not in named]
+    assert len(names) == len(set(names)) == summary["accounts"] - len(HISTORY_CASES) > 3900
     assert any(" Nordic" in name for name in names)
 
 
@@ -1371,7 +1518,7 @@ def test_serve_seeds_announces_itself_and_stops_on_sigterm(tmp_path: Path) -> No
                 headers={"Authorization": "Bearer cli-token"},
                 timeout=5,
             )
-            assert answer.json()["totalSize"] == 5 + len(EDGE_CASE_DEALS)
+            assert answer.json()["totalSize"] == 5 + len(EDGE_CASE_DEALS) + len(HISTORY_CASES)
             process.send_signal(signal.SIGTERM)
             _, errors = process.communicate(timeout=10)
             assert process.returncode == 0, errors

@@ -1,4 +1,5 @@
-"""HubSpot connector on hubspot-api-client: incremental deal extraction and batched task writes.
+"""HubSpot connector on hubspot-api-client: incremental deal and activity extraction, batched
+task writes.
 
 Incremental rule: deals are searched with ``hs_lastmodifieddate`` in ``[since, until)``, sorted
 ascending, 200 a page. Every page after the first is a new search that starts after the last
@@ -15,6 +16,19 @@ holds, as for Salesforce.
 Deletions: search never returns archived (deleted) deals, so each extraction also lists the
 archived deals and keeps those archived inside the window, merged into the pages in
 modification order so the watermark never passes an unread deletion.
+
+Activities (HubSpot's engagements: meetings, emails, calls, notes, tasks), one stream a type.
+Incremental: the type is searched on ``hs_lastmodifieddate`` by the same keyset rule, archived
+ones are listed and merged in as for deals, and each page costs one v4 association read
+(activity -> deals) and, for the activities on none of the given deals, one more (activity ->
+contacts): an activity on a given deal counts for that deal, one only on a deal's primary
+contact counts for every given deal that contact is primary on. A deal seen for the first
+time (``since`` None) is read whole: one association read deals -> type (and one primary
+contacts -> type) per 1,000 ids, then a batch read per 100 activities; live ones only (there is
+nothing to delete yet). Each association read follows every record's own ``after`` when one
+record has more associations than an answer holds. HubSpot does not say whether it answers the
+associations of an archived record; the sandbox does (HubSpot keeps them to restore it with
+the record), and a deletion whose links are gone cannot be placed on a deal and is logged.
 
 Dedupe keys: a task's key goes into a custom task property named in config (free text cannot
 forge it), or, where the portal has none, onto the last line of the task body, a position only
@@ -34,7 +48,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import cache, cached_property
@@ -50,8 +64,10 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, MaxRetryError, Re
 
 from handoff.config import HubSpotSettings, Settings
 from handoff.crm.base import (
+    ACTIVITY_COLUMNS,
     DEAL_COLUMNS,
     OPTIONAL_DEAL_COLUMNS,
+    SNIPPET_CHARS,
     CrmError,
     CrmFatalError,
     CrmUnavailable,
@@ -78,6 +94,24 @@ DATE_ENTERED_PREFIX = "hs_v2_date_entered_"
 PRIMARY_COMPANY_LABEL = "Primary"
 TASK_TO_DEAL = 216  # HubSpot-defined association types
 TASK_TO_CONTACT = 204
+# The activity streams: HubSpot's engagement object types, and what each one is.
+ENGAGEMENT_KINDS = {
+    "meetings": "meeting",
+    "emails": "email",
+    "calls": "call",
+    "notes": "note",
+    "tasks": "task",
+}
+# What each engagement type is read with (besides hs_timestamp, the owner and the key).
+ENGAGEMENT_PROPERTIES = {
+    "meetings": ("hs_meeting_title", "hs_meeting_body", "hs_meeting_start_time",
+                 "hs_meeting_outcome"),
+    "emails": ("hs_email_subject", "hs_email_text", "hs_email_html", "hs_email_direction"),
+    "calls": ("hs_call_title", "hs_call_body", "hs_call_direction", "hs_call_status"),
+    "notes": ("hs_note_body",),
+    "tasks": ("hs_task_subject", "hs_task_body", "hs_task_status"),
+}  # fmt: skip
+EMAIL_DIRECTIONS = {"EMAIL": "outbound", "INCOMING_EMAIL": "inbound", "FORWARDED_EMAIL": "internal"}
 PRIORITIES = {"high": "HIGH", "normal": "MEDIUM", "medium": "MEDIUM", "low": "LOW"}
 HUBSPOT_ID = re.compile(r"^\d{1,20}$")
 TRUNCATED = "[... shortened to fit HubSpot's 65,536-character limit; the rest is on the deal]"
@@ -96,6 +130,10 @@ _PACKAGES = (
     "companies",
     "contacts",
     "objects.tasks",
+    "objects.meetings",
+    "objects.emails",
+    "objects.calls",
+    "objects.notes",
     "associations.v4",
     "owners",
     "pipelines",
@@ -206,11 +244,17 @@ class _Stage:
 
 
 @dataclass(frozen=True)
-class _Deal:
+class _Record:
+    """A deal or an activity as read: its properties, its last change, whether archived."""
+
     id: str
     properties: dict[str, Any]
     modstamp: pd.Timestamp
     deleted: bool = False
+
+    @property
+    def key(self) -> tuple[pd.Timestamp, int]:
+        return self.modstamp, int(self.id)
 
 
 class HubSpotCRM:
@@ -218,6 +262,7 @@ class HubSpotCRM:
 
     source = "hubspot"
     write_batch_size = BATCH_LIMIT
+    activity_streams = tuple(ENGAGEMENT_KINDS)
 
     def __init__(
         self,
@@ -241,12 +286,15 @@ class HubSpotCRM:
         self.deal_type_property = settings.deal_type_property
         self.primary_contact_label = settings.primary_contact_label
         self.opt_out_property = settings.opt_out_property
+        self.outcomes = settings.activities.outcomes
+        self.scope_change_property = settings.activities.scope_change_property or None
         self._transport_options = {
             "timeout": timeout,
             "total_retries": total_retries,
             "backoff_factor": backoff_factor,
         }
         self._transport: HubSpotTransport | None = None
+        self._object_apis: dict[tuple[str, str], Any] = {}
         self._last_search = -math.inf
         self._task_setup_checked = False
 
@@ -296,7 +344,15 @@ class HubSpotCRM:
 
     @cached_property
     def _tasks_batch(self):
-        return self._wired(self.client.crm.objects.tasks.batch_api)
+        return self._object_api("tasks", "batch_api")
+
+    def _object_api(self, object_type: str, which: str) -> Any:
+        """An engagement type's ``search_api``, ``batch_api`` or ``basic_api``, built once."""
+        key = (object_type, which)
+        if key not in self._object_apis:
+            api = getattr(getattr(self.client.crm.objects, object_type), which)
+            self._object_apis[key] = self._wired(api)
+        return self._object_apis[key]
 
     @cached_property
     def _associations(self):
@@ -418,6 +474,7 @@ class HubSpotCRM:
             *DEAL_PROPERTIES,
             self.csm_property,
             self.deal_type_property,
+            self.scope_change_property,
             *self.handoff_fields.values(),
             *(f"{DATE_ENTERED_PREFIX}{stage_id}" for stage_id in won_stages),
         ]
@@ -426,19 +483,19 @@ class HubSpotCRM:
     def iter_changed_deals(self, since: datetime | None, until: datetime) -> Iterator[pd.DataFrame]:
         log.info("Reading deals changed in [%s, %s)", since, until)
         properties = self._deal_properties()
-        deleted = self._archived_deals(since, until, properties)
-        for records in self._changed_pages(since, until, properties):
-            last = (records[-1].modstamp, int(records[-1].id))
-            while deleted and (deleted[0].modstamp, int(deleted[0].id)) <= last:
-                records.append(deleted.pop(0))
-            records.sort(key=lambda d: (d.modstamp, int(d.id)))
+        deleted = self._archived(self._deals_basic, "deals", since, until, properties)
+        pages = self._changed_pages(self._deals_search, "deals", since, until, properties)
+        for records in _with_deletions(pages, deleted):
             yield self._deal_frame(records)
-        if deleted:
-            yield self._deal_frame(deleted)
 
     def _changed_pages(
-        self, since: datetime | None, until: datetime, properties: list[str]
-    ) -> Iterator[list[_Deal]]:
+        self,
+        api: Any,
+        noun: str,
+        since: datetime | None,
+        until: datetime,
+        properties: list[str],
+    ) -> Iterator[list[_Record]]:
         """Search pages in (hs_lastmodifieddate, id) order, each starting after the last key."""
         before = _filter(MODIFIED, "LT", _ms_ceil(until))
         groups = [[before] + ([_filter(MODIFIED, "GTE", _ms_ceil(since))] if since else [])]
@@ -449,16 +506,17 @@ class HubSpotCRM:
                 "properties": properties,
                 "limit": SEARCH_PAGE,
             }
-            answer = self._search(self._deals_search, body, "a search of changed deals")
+            answer = self._search(api, body, f"a search of changed {noun}")
             records = [
-                _Deal(str(r.id), dict(r.properties or {}), _moment(r.properties.get(MODIFIED)))
+                _Record(str(r.id), dict(r.properties or {}), _moment(r.properties.get(MODIFIED)))
                 for r in answer.results or []
             ]
-            keys = [(record.modstamp, int(record.id)) for record in records]
+            keys = [record.key for record in records]
             if keys != sorted(keys):
                 log.warning(
-                    "HubSpot returned deals out of (%s, id) order: records sharing a timestamp "
+                    "HubSpot returned %s out of (%s, id) order: records sharing a timestamp "
                     "at a page boundary may be read on the next run only",
+                    noun,
                     MODIFIED,
                 )
             if records:
@@ -471,21 +529,21 @@ class HubSpotCRM:
                 [_filter(MODIFIED, "EQ", last_ms), _filter("hs_object_id", "GT", last_id)],
             ]
 
-    def _archived_deals(
-        self, since: datetime | None, until: datetime, properties: list[str]
-    ) -> list[_Deal]:
-        """Deals archived (deleted) in ``[since, until)``, in (archive time, id) order.
+    def _archived(
+        self, api: Any, noun: str, since: datetime | None, until: datetime, properties: list[str]
+    ) -> list[_Record]:
+        """Records archived (deleted) in ``[since, until)``, in (archive time, id) order.
 
         Search cannot see archived records and a batch read needs ids we do not have, so the
-        archived deals are listed: one GET per 100 deals in the recycle bin (HubSpot keeps them
-        90 days), each extraction. A portal that deletes a few deals a week pays one call.
+        archived ones are listed: one GET per 100 records in the recycle bin (HubSpot keeps
+        them 90 days), each extraction. A portal that deletes a few a week pays one call.
         """
-        found: list[_Deal] = []
+        found: list[_Record] = []
         after: str | None = None
         while True:
             page = self._call(
-                "listing archived deals",
-                lambda after=after: self._deals_basic.get_page(
+                f"listing archived {noun}",
+                lambda after=after: api.get_page(
                     limit=LIST_PAGE, after=after, properties=properties, archived=True
                 ),
             )
@@ -494,13 +552,13 @@ class HubSpotCRM:
                 moment = pd.Timestamp(stamp).tz_convert(UTC) if stamp else None
                 if moment is None or moment >= until or (since and moment < since):
                     continue
-                found.append(_Deal(str(record.id), dict(record.properties or {}), moment, True))
+                found.append(_Record(str(record.id), dict(record.properties or {}), moment, True))
             after = _next_after(page)
             if after is None:
                 break
-        return sorted(found, key=lambda d: (d.modstamp, int(d.id)))
+        return sorted(found, key=lambda record: record.key)
 
-    def _deal_frame(self, records: list[_Deal]) -> pd.DataFrame:
+    def _deal_frame(self, records: list[_Record]) -> pd.DataFrame:
         companies = self._companies_of([record.id for record in records])
         rows = [self._deal_row(record, companies.get(record.id)) for record in records]
         doc_columns = [f"doc_{key}" for key in self.handoff_fields]
@@ -513,7 +571,7 @@ class HubSpotCRM:
         frame["won_at"] = pd.to_datetime(frame["won_at"], utc=True)
         return frame
 
-    def _deal_row(self, deal: _Deal, company: dict[str, Any] | None) -> dict[str, Any]:
+    def _deal_row(self, deal: _Record, company: dict[str, Any] | None) -> dict[str, Any]:
         props = deal.properties
         stage_id = props.get("dealstage") or ""
         stage = self._stages.get(stage_id)
@@ -540,11 +598,19 @@ class HubSpotCRM:
             **self._person_columns("csm", props.get(self.csm_property)),
             **self._person_columns("account_owner", company.get("hubspot_owner_id")),
             "deal_type": _text(props.get(self.deal_type_property)),
+            "scope_change": self._scope_change(props),
             "account_time_zone": iana_zone(company.get(fields.get("account_time_zone", ""))),
             "account_country": _text(company.get(fields.get("account_country", ""))),
         }
         row.update({f"doc_{key}": props.get(name) for key, name in self.handoff_fields.items()})
         return row
+
+    def _scope_change(self, props: dict[str, Any]) -> bool | None:
+        """The deal's checkbox: None when unread (not configured, or not in the portal)."""
+        prop = self.scope_change_property
+        if prop is None or prop not in props:
+            return None
+        return str(props.get(prop) or "").strip().lower() == "true"
 
     def _person_columns(self, prefix: str, owner_id: Any) -> dict[str, Any]:
         owner_id = _text(owner_id)
@@ -575,12 +641,18 @@ class HubSpotCRM:
         return {deal_id: companies[cid] for deal_id, cid in chosen.items() if cid in companies}
 
     def _associated(
-        self, from_type: str, to_type: str, ids: Sequence[str]
+        self, from_type: str, to_type: str, ids: Iterable[str]
     ) -> dict[str, list[tuple[str, set[str]]]]:
-        """``{from id: [(to id, labels)]}`` through the v4 batch read, 1,000 ids a call."""
+        """``{from id: [(to id, labels)]}`` through the v4 batch read, 1,000 inputs a call.
+
+        A record with more associations than one answer holds comes back with its own
+        ``after``: it goes into a later call with that cursor until it is read whole.
+        """
         found: dict[str, list[tuple[str, set[str]]]] = {}
-        for chunk in chunked(list(dict.fromkeys(ids)), ASSOCIATION_BATCH_LIMIT):
-            body = {"inputs": [{"id": object_id} for object_id in chunk]}
+        pending: list[dict[str, str]] = [{"id": object_id} for object_id in dict.fromkeys(ids)]
+        while pending:
+            chunk, pending = pending[:ASSOCIATION_BATCH_LIMIT], pending[ASSOCIATION_BATCH_LIMIT:]
+            body = {"inputs": chunk}
             answer = self._call(
                 f"reading {from_type}-{to_type} associations",
                 lambda body=body: self._associations.get_page(
@@ -589,17 +661,14 @@ class HubSpotCRM:
             )
             # Records without any association come back as errors: nothing to read there.
             for result in answer.results or []:
-                if result.paging is not None and result.paging.next is not None:
-                    log.warning(
-                        "%s %s has more %s than one answer holds; reading the first ones",
-                        from_type,
-                        result._from.id,
-                        to_type,
-                    )
-                found[str(result._from.id)] = [
+                from_id = str(result._from.id)
+                found.setdefault(from_id, []).extend(
                     (str(to.to_object_id), {t.label for t in to.association_types or [] if t.label})
                     for to in result.to or []
-                ]
+                )
+                after = _next_after(result)
+                if after is not None:
+                    pending.append({"id": from_id, "after": after})
         return found
 
     def _read(
@@ -620,6 +689,175 @@ class HubSpotCRM:
             for record in answer.results or []:
                 found[str(record.id)] = dict(record.properties or {})
         return found
+
+    # -- activities ----------------------------------------------------------------------------
+
+    def iter_activities(
+        self,
+        stream: str,
+        deals: Mapping[str, str | None],
+        since: datetime | None,
+        until: datetime,
+    ) -> Iterator[pd.DataFrame]:
+        """One engagement type's activities on these deals (see the module's docstring)."""
+        if stream not in ENGAGEMENT_KINDS:
+            raise ValueError(
+                f"{stream!r} is not an activity stream of HubSpot: {self.activity_streams}"
+            )
+        given = {
+            _checked_id(deal_id): _checked_id(contact_id) if contact_id else None
+            for deal_id, contact_id in deals.items()
+        }
+        if not given:
+            return
+        primary_of: dict[str, list[str]] = {}
+        for deal_id, contact_id in given.items():
+            if contact_id is not None:
+                primary_of.setdefault(contact_id, []).append(deal_id)
+        log.info("Reading %s of %d deals changed in [%s, %s)", stream, len(given), since, until)
+        if since is None:
+            yield from self._activity_history(stream, given, primary_of, until)
+            return
+        properties = self._activity_properties(stream)
+        deleted = self._archived(
+            self._object_api(stream, "basic_api"), stream, since, until, properties
+        )
+        search = self._object_api(stream, "search_api")
+        pages = self._changed_pages(search, stream, since, until, properties)
+        for records in _with_deletions(pages, deleted):
+            ids = [record.id for record in records]
+            on_deals = self._associated(stream, "deals", ids)
+            owners = {
+                record_id: [d for d, _ in on_deals.get(record_id, []) if d in given]
+                for record_id in ids
+            }
+            unplaced = [record_id for record_id, found in owners.items() if not found]
+            on_contacts = (
+                self._associated(stream, "contacts", unplaced) if unplaced and primary_of else {}
+            )
+            for record_id in unplaced:
+                owners[record_id] = list(
+                    dict.fromkeys(
+                        deal_id
+                        for contact_id, _ in on_contacts.get(record_id, [])
+                        for deal_id in primary_of.get(contact_id, [])
+                    )
+                )
+            unlinked = [
+                r.id
+                for r in records
+                if r.deleted and not on_deals.get(r.id) and not on_contacts.get(r.id)
+            ]
+            if unlinked:
+                log.info(
+                    "%d archived %s come without associations: not placed", len(unlinked), stream
+                )
+            frame = self._activity_frame(stream, records, owners)
+            if len(frame):
+                yield frame
+
+    def _activity_history(
+        self,
+        stream: str,
+        given: dict[str, str | None],
+        primary_of: dict[str, list[str]],
+        until: datetime,
+    ) -> Iterator[pd.DataFrame]:
+        """Every live activity of a type on deals seen for the first time, modified before
+        ``until``: associations from the deals (and their primary contacts), then the records,
+        100 a call, in (modified, id) order."""
+        owners: dict[str, list[str]] = {}
+        for deal_id, targets in self._associated("deals", stream, list(given)).items():
+            for record_id, _ in targets:
+                owners.setdefault(record_id, []).append(deal_id)
+        if primary_of:
+            through_contact: dict[str, list[str]] = {}
+            for contact_id, targets in self._associated("contacts", stream, primary_of).items():
+                for record_id, _ in targets:
+                    if record_id not in owners:
+                        through_contact.setdefault(record_id, []).extend(primary_of[contact_id])
+            owners.update(through_contact)
+        properties = self._activity_properties(stream)
+        found = self._read(self._object_api(stream, "batch_api"), stream, owners, properties)
+        cutoff = pd.Timestamp(until).tz_convert(UTC)
+        records = [
+            _Record(record_id, props, _moment(props.get(MODIFIED)))
+            for record_id, props in found.items()
+        ]
+        records = sorted(
+            (r for r in records if r.modstamp is not None and r.modstamp < cutoff),
+            key=lambda record: record.key,
+        )
+        owners = {record_id: list(dict.fromkeys(deals)) for record_id, deals in owners.items()}
+        for page in chunked(records, SEARCH_PAGE):
+            yield self._activity_frame(stream, page, owners)
+
+    def _activity_properties(self, stream: str) -> list[str]:
+        names = [*ENGAGEMENT_PROPERTIES[stream], "hs_timestamp", "hubspot_owner_id", MODIFIED]
+        if stream == "tasks" and self.task_key_property:
+            names.append(self.task_key_property)
+        return names
+
+    def _activity_frame(
+        self, stream: str, records: Sequence[_Record], owners: Mapping[str, Sequence[str]]
+    ) -> pd.DataFrame:
+        """``ACTIVITY_COLUMNS`` rows: one per activity and deal it counts for."""
+        rows = [
+            {**row, "deal_id": deal_id}
+            for record in records
+            if owners.get(record.id)
+            for row in [self._activity_row(stream, record)]
+            for deal_id in owners[record.id]
+        ]
+        frame = pd.DataFrame(rows, columns=ACTIVITY_COLUMNS)
+        frame = frame.astype(object).where(frame.notna(), None)
+        frame["is_deleted"] = frame["is_deleted"].astype(bool)
+        for column in ("occurred_at", "modstamp"):
+            frame[column] = pd.to_datetime(frame[column], utc=True).astype("datetime64[ns, UTC]")
+        return frame
+
+    def _activity_row(self, stream: str, record: _Record) -> dict[str, Any]:
+        props = record.properties
+        kind = ENGAGEMENT_KINDS[stream]
+        direction, outcome, owner_id = "internal", None, _text(props.get("hubspot_owner_id"))
+        occurred = _moment(props.get("hs_timestamp"))
+        if stream == "meetings":
+            subject, body = props.get("hs_meeting_title"), _plain(props.get("hs_meeting_body"))
+            direction = "outbound"
+            occurred = _moment(props.get("hs_meeting_start_time")) or occurred
+            outcome = self.outcomes.outcome_of(props.get("hs_meeting_outcome"))
+        elif stream == "emails":
+            subject = props.get("hs_email_subject")
+            body = _text(props.get("hs_email_text")) or _plain(props.get("hs_email_html"))
+            sent = str(props.get("hs_email_direction") or "").strip().upper()
+            direction = EMAIL_DIRECTIONS.get(sent, "outbound")
+            if direction == "inbound":
+                owner_id = None
+        elif stream == "calls":
+            subject, body = props.get("hs_call_title"), _plain(props.get("hs_call_body"))
+            inbound = str(props.get("hs_call_direction") or "").strip().upper() == "INBOUND"
+            direction = "inbound" if inbound else "outbound"
+            outcome = self.outcomes.outcome_of(props.get("hs_call_status"))
+        elif stream == "notes":
+            body = _plain(props.get("hs_note_body"))
+            first = next((line.strip() for line in (body or "").splitlines() if line.strip()), "")
+            subject = first[:60]
+        else:
+            subject, body = props.get("hs_task_subject"), _plain(props.get("hs_task_body"))
+            outcome = self.outcomes.outcome_of(props.get("hs_task_status"))
+        return {
+            "activity_id": f"{stream}:{record.id}",
+            "kind": kind,
+            "direction": direction,
+            "occurred_at": occurred or _moment(props.get("hs_createdate")) or record.modstamp,
+            "outcome": outcome,
+            "subject": _text(subject),
+            "snippet": body[:SNIPPET_CHARS] if body else None,
+            "owner_id": owner_id,
+            "handoff_key": self._task_key(props) if stream == "tasks" else None,
+            "is_deleted": record.deleted,
+            "modstamp": record.modstamp,
+        }
 
     # -- contacts and users --------------------------------------------------------------------
 
@@ -872,6 +1110,34 @@ def due_timestamp(day: date) -> str:
     """A due date as ``hs_timestamp``: noon UTC, the same calendar day from UTC-11 to UTC+11."""
     moment = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
     return moment.isoformat().replace("+00:00", "Z")
+
+
+def _plain(body: Any) -> str | None:
+    """An HTML property (a note, a meeting's or call's body) as stripped plain text."""
+    text = _text(body)
+    if text is None:
+        return None
+    lines = html.unescape(_TAGS.sub("", _BREAKS.sub("\n", text))).splitlines()
+    return _text("\n".join(line.rstrip() for line in lines))
+
+
+def _with_deletions(
+    pages: Iterable[list[_Record]], deleted: list[_Record]
+) -> Iterator[list[_Record]]:
+    """Search pages with the archived records merged in, in (modified, id) order: each
+    archived record goes into the first page whose last key is at or after its own, those
+    after every page into the last one (a page is held until the next search has answered)."""
+    held: list[_Record] | None = None
+    for records in pages:
+        if held is not None:
+            yield held
+        last = records[-1].key
+        while deleted and deleted[0].key <= last:
+            records.append(deleted.pop(0))
+        records.sort(key=lambda record: record.key)
+        held = records
+    if held is not None or deleted:
+        yield [*(held or []), *deleted]
 
 
 def _slug(zone: str) -> str:

@@ -6,6 +6,12 @@ are seen). ``since`` is the stored watermark minus an overlap; rows whose (Id, S
 the store already holds are dropped by the caller, so records sharing a timestamp are neither
 missed nor processed twice.
 
+Activities: Task, Event and EmailMessage are three streams, each read like the deals (one
+``queryAll`` stream ordered by ``SystemModstamp, Id``, deleted rows included) for a batch of
+deals at a time: what is logged on the opportunities, and for Task and Event also on their
+primary contacts (``WhoId``). A batch keeps the request URI, where the statement travels, well
+under Salesforce's 16,384 bytes (and the statement far under its 100,000 characters).
+
 Dedupe keys: Salesforce allows no external-id field on Task, so a task's key goes into a custom
 text field named in config (free text cannot forge it), or, where the org has none, onto the
 last line of the Description, a position only this connector writes. Lines of CRM-supplied text
@@ -17,7 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cached_property, partial
 from typing import Any, TypeVar
@@ -28,10 +34,12 @@ from more_itertools import chunked
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError
 
-from handoff.config import Settings
+from handoff.config import ActivityOutcomes, Settings
 from handoff.crm.base import (
+    ACTIVITY_COLUMNS,
     DEAL_COLUMNS,
     OPTIONAL_DEAL_COLUMNS,
+    SNIPPET_CHARS,
     CrmError,
     CrmFatalError,
     CrmUnavailable,
@@ -46,6 +54,9 @@ T = TypeVar("T")
 
 COLLECTION_LIMIT = 200  # sObject Collections take at most 200 records a call
 IN_CLAUSE_CHUNK = 200  # ids per IN (...) list: keeps the query URL well under 16 KB
+# Deals per activity query: 200 opportunity ids and 200 contact ids make a URI of about 13 KB
+# (each quoted id is 30 bytes URL-encoded), under the 16,384 bytes Salesforce reads.
+ACTIVITY_CHUNK = 200
 DESCRIPTION_LIMIT = 32000  # Task.Description is a long text area of 32,000 characters
 SALESFORCE_ID = re.compile(r"^[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?$")
 KEY_LINE = "Handoff key: "
@@ -59,6 +70,7 @@ class SalesforceCRM:
 
     source = "salesforce"
     write_batch_size = COLLECTION_LIMIT
+    activity_streams: tuple[str, ...] = ("Task", "Event", "EmailMessage")
 
     def __init__(
         self,
@@ -69,8 +81,16 @@ class SalesforceCRM:
         task_key_field: str | None = None,
         deal_type_field: str = "",
         client_fields: dict[str, str] | None = None,
+        scope_change_field: str = "",
+        event_outcome_field: str = "",
+        activity_outcomes: ActivityOutcomes | None = None,
+        note_types: Sequence[str] = ("Note",),
     ) -> None:
         self.client = client
+        self.scope_change_field = scope_change_field
+        self.event_outcome_field = event_outcome_field
+        self.activity_outcomes = activity_outcomes or ActivityOutcomes()
+        self.note_types = {value.strip().casefold() for value in note_types}
         self.deal_type_field = deal_type_field
         self.client_fields = {k: v for k, v in (client_fields or {}).items() if v}
         self.csm_field = csm_field
@@ -89,6 +109,10 @@ class SalesforceCRM:
             task_key_field=org.task_key_field,
             deal_type_field=org.deal_type_field,
             client_fields=org.client_fields.model_dump(),
+            scope_change_field=org.activities.scope_change_field,
+            event_outcome_field=org.activities.event_outcome_field,
+            activity_outcomes=org.activities.outcomes,
+            note_types=org.activities.note_types,
         )
 
     @property
@@ -151,6 +175,7 @@ class SalesforceCRM:
             self.deal_type_field: "deal_type",
             f"Account.{self.client_fields.get('account_time_zone', '')}": "account_time_zone",
             f"Account.{self.client_fields.get('account_country', '')}": "account_country",
+            self.scope_change_field: "scope_change",
         }
         return {path: column for path, column in paths.items() if path and path != "Account."}
 
@@ -220,11 +245,142 @@ class SalesforceCRM:
         frame["won_at"] = stage_changed.fillna(close_day).where(frame["is_won"])
         frame["close_date"] = close_day.dt.date
         frame = frame.drop(columns=["stage_changed_at"])
+        if "scope_change" in frame:  # a checkbox: True or False once read, None if unread
+            checked = [None if value is None else bool(value) for value in frame["scope_change"]]
+            frame["scope_change"] = pd.Series(checked, index=frame.index, dtype=object)
         doc_columns = [f"doc_{key}" for key in self.handoff_fields]
         for column in OPTIONAL_DEAL_COLUMNS:
             if column not in frame:
                 frame[column] = None
         return frame[DEAL_COLUMNS + OPTIONAL_DEAL_COLUMNS + doc_columns]
+
+    # -- activities ----------------------------------------------------------------------------
+
+    def activities_soql(
+        self,
+        stream: str,
+        deal_ids: Sequence[str],
+        contact_ids: Sequence[str],
+        since: datetime | None,
+        until: datetime,
+    ) -> str:
+        """One batch's query: the stream's records on these deals (Task and Event: or on these
+        contacts) modified in ``[since, until)``, in ``SystemModstamp, Id`` order."""
+        if stream not in _ACTIVITY_FIELDS:
+            raise ValueError(f"{stream!r} is not an activity stream of Salesforce")
+        custom = {"Task": self.task_key_field, "Event": self.event_outcome_field}.get(stream)
+        fields = [*_ACTIVITY_FIELDS[stream], *([custom] if custom else [])]
+        deals = ", ".join(f"'{deal_id}'" for deal_id in deal_ids)
+        if stream == "EmailMessage":
+            linked = f"RelatedToId IN ({deals})"
+        elif contact_ids:
+            contacts = ", ".join(f"'{contact_id}'" for contact_id in contact_ids)
+            linked = f"(WhatId IN ({deals}) OR WhoId IN ({contacts}))"
+        else:
+            linked = f"WhatId IN ({deals})"
+        where = f"SystemModstamp < {soql_datetime(until)} AND {linked}"
+        if since is not None:
+            where = f"SystemModstamp >= {soql_datetime(since)} AND {where}"
+        return (
+            f"SELECT {', '.join(fields)} FROM {stream} WHERE {where} "
+            "ORDER BY SystemModstamp ASC, Id ASC"
+        )
+
+    def iter_activities(
+        self,
+        stream: str,
+        deals: Mapping[str, str | None],
+        since: datetime | None,
+        until: datetime,
+    ) -> Iterator[pd.DataFrame]:
+        """Activities of one stream on these deals, modified in ``[since, until)``, one frame a
+        page of one batch's query (``ACTIVITY_CHUNK`` deals a query).
+
+        A record on one of the deals belongs to it; a record on none of them but on a deal's
+        primary contact belongs to each deal that contact is primary on (a record on another
+        opportunity or an account counts for the contact's deals too). Others are dropped.
+        """
+        if stream not in self.activity_streams:
+            raise ValueError(f"{stream!r} is not an activity stream of Salesforce")
+        given = {_checked_id(deal_id): contact for deal_id, contact in deals.items()}
+        log.info("Reading %s of %s deals changed in [%s, %s)", stream, len(given), since, until)
+        for chunk in chunked(sorted(given), ACTIVITY_CHUNK):
+            deals_of: dict[str, list[str]] = {}
+            for deal_id in chunk:
+                contact = given[deal_id]
+                if contact and stream != "EmailMessage":
+                    deals_of.setdefault(_checked_id(contact), []).append(deal_id)
+            soql = self.activities_soql(stream, chunk, sorted(deals_of), since, until)
+            in_chunk = set(chunk)
+            for records in self._pages(soql, include_deleted=True):
+                rows = []
+                for record in records:
+                    related = record.get("RelatedToId" if stream == "EmailMessage" else "WhatId")
+                    if related in given:
+                        # Read by the batch that holds its deal, whichever batch finds it.
+                        owners = [related] if related in in_chunk else []
+                    else:
+                        owners = deals_of.get(record.get("WhoId") or "", [])
+                    row = self._activity_row(stream, record) if owners else None
+                    rows += [{**row, "deal_id": deal_id} for deal_id in owners]
+                if rows:
+                    yield _activity_frame(rows)
+
+    def _activity_row(self, stream: str, record: dict[str, Any]) -> dict[str, Any]:
+        """One record in the activity frame's terms (without its deal)."""
+        row: dict[str, Any] = {
+            "activity_id": record["Id"],
+            "subject": _text(record.get("Subject")),
+            "is_deleted": bool(record.get("IsDeleted")),
+            "modstamp": record.get("SystemModstamp"),
+            "handoff_key": None,
+            "outcome": None,
+        }
+        if stream == "EmailMessage":
+            incoming = bool(record.get("Incoming"))
+            return row | {
+                "kind": "email",
+                "direction": "inbound" if incoming else "outbound",
+                "occurred_at": record.get("MessageDate") or record.get("CreatedDate"),
+                "snippet": _snippet(record.get("TextBody")),
+                "owner_id": None if incoming else record.get("CreatedById"),
+            }
+        row |= {"snippet": _snippet(record.get("Description")), "owner_id": record.get("OwnerId")}
+        if stream == "Event":
+            outcome = record.get(self.event_outcome_field) if self.event_outcome_field else None
+            return row | {
+                "kind": "meeting",
+                "direction": "outbound",
+                "occurred_at": record.get("StartDateTime") or record.get("CreatedDate"),
+                "outcome": self.activity_outcomes.outcome_of(outcome),
+            }
+        subtype = (record.get("TaskSubtype") or "").strip().casefold()
+        task_type = (record.get("Type") or "").strip().casefold()
+        if subtype == "call":
+            call_type = (record.get("CallType") or "").strip().casefold()
+            kind, direction = "call", _CALL_DIRECTIONS.get(call_type, "internal")
+        elif task_type and task_type in self.note_types:
+            kind, direction = "note", "internal"
+        elif subtype == "email":
+            kind, direction = "email", "outbound"
+        else:
+            kind, direction = "task", "internal"
+        due = record.get("ActivityDate")
+        completed = (record.get("Status") or "").strip().casefold() == "completed"
+        if self.task_key_field:
+            key = _text(record.get(self.task_key_field))
+        else:
+            key = key_in_description(record.get("Description") or "")
+        return row | {
+            "kind": kind,
+            "direction": direction,
+            "occurred_at": record.get("CompletedDateTime")
+            or (f"{due}T00:00:00Z" if due else None)
+            or record.get("CreatedDate"),
+            # Notes and logged emails have no outcome; a call or a to-do is done or not (yet).
+            "outcome": "completed" if completed and kind in ("call", "task") else None,
+            "handoff_key": key,
+        }
 
     def primary_contacts(self, deal_ids: Sequence[str]) -> dict[str, Contact]:
         contacts: dict[str, Contact] = {}
@@ -423,6 +579,40 @@ def key_in_description(description: str) -> str | None:
     if lines and lines[-1].startswith(KEY_LINE):
         return lines[-1][len(KEY_LINE) :].strip() or None
     return None
+
+
+# What each activity query selects (the org's key and outcome fields come on top).
+_ACTIVITY_FIELDS = {
+    "Task": (
+        "Id", "IsDeleted", "SystemModstamp", "CreatedDate", "WhatId", "WhoId", "OwnerId",
+        "Subject", "Description", "Status", "TaskSubtype", "Type", "CallType", "ActivityDate",
+        "CompletedDateTime",
+    ),
+    "Event": (
+        "Id", "IsDeleted", "SystemModstamp", "CreatedDate", "WhatId", "WhoId", "OwnerId",
+        "Subject", "Description", "StartDateTime",
+    ),
+    "EmailMessage": (
+        "Id", "IsDeleted", "SystemModstamp", "CreatedDate", "RelatedToId", "CreatedById",
+        "Subject", "TextBody", "Incoming", "MessageDate",
+    ),
+}  # fmt: skip
+_CALL_DIRECTIONS = {"inbound": "inbound", "outbound": "outbound"}
+
+
+def _snippet(value: Any) -> str | None:
+    """The start of a body, for the phrases and reasons the rules read."""
+    return str(value)[:SNIPPET_CHARS] if value else None
+
+
+def _activity_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows as the activity frame: text stays text or None (never NaN), timestamps UTC."""
+    frame = pd.DataFrame(rows, columns=ACTIVITY_COLUMNS, dtype=object)
+    for column in ("occurred_at", "modstamp"):
+        stamps = pd.to_datetime(frame[column], utc=True, format="ISO8601")
+        frame[column] = stamps.dt.as_unit("ns")
+    frame["is_deleted"] = frame["is_deleted"].astype(bool)
+    return frame
 
 
 def _text(value: Any) -> str | None:

@@ -9,9 +9,14 @@ error is always ``{"status": "error", "message", "correlationId", "category"}``.
 
 Limits are HubSpot's and can be changed on a live server (``HubSpotLimits``): 200 per
 search page and 10,000 results per query, 100 inputs per batch (1,000 for association
-reads), 5 searches a second per token and 190 requests per 10 s (429 with
-``Retry-After``), with the ``X-HubSpot-RateLimit-*`` headers on every answer. The
-sandbox's fault plan applies here as on the Salesforce side.
+reads, each input's associations paged by its own ``after``), 5 searches a second per token
+and 190 requests per 10 s (429 with ``Retry-After``), with the ``X-HubSpot-RateLimit-*``
+headers on every answer. The sandbox's fault plan applies here as on the Salesforce side.
+
+Objects: contacts, companies, deals, and the activities (engagements) meetings, emails,
+calls, notes and tasks, each searchable, batch-readable, listable (archived ones with
+``archived=true``) and associated with deals, contacts and companies by HubSpot's own
+association type ids.
 
 Point the client at the sandbox with the ``host`` option, which the client copies onto
 the configuration of every API it builds::
@@ -77,6 +82,9 @@ SEARCH_MAX_FILTERS_PER_GROUP = 10
 SEARCH_MAX_FILTERS = 25
 BATCH_LIMIT = 100
 ASSOCIATION_BATCH_LIMIT = 1000
+# Associations of one record in one batch-read answer; the rest follow with that input's
+# ``after`` (HubSpot pages each input separately and does not document the size).
+ASSOCIATION_PAGE = 500
 LIST_PAGE_MAX = 100
 OWNERS_PAGE_MAX = 500
 _MAX_TEXT = 65_536
@@ -92,11 +100,14 @@ HUB_DOMAIN = "handoff-demo.example"
 _SCOPES = (
     "crm.objects.contacts.read", "crm.objects.contacts.write", "crm.objects.companies.read",
     "crm.objects.deals.read", "crm.objects.deals.write", "crm.objects.owners.read",
-    "crm.schemas.deals.read", "oauth",
+    "crm.schemas.deals.read", "sales-email-read", "oauth",
 )  # fmt: skip
 # Required on create, by type: HubSpot requires a task's due moment; the subject is the
 # handoff flow's own rule, enforced here so a write that omits it fails the same way.
-_REQUIRED = {"tasks": ("hs_timestamp", "hs_task_subject")}
+_REQUIRED = {
+    "tasks": ("hs_timestamp", "hs_task_subject"),
+    **{name: ("hs_timestamp",) for name in ("meetings", "emails", "calls", "notes")},
+}
 _CREATE_DEFAULTS = {
     "tasks": {"hs_task_status": "NOT_STARTED", "hs_task_priority": "NONE", "hs_task_type": "TODO"},
 }
@@ -106,6 +117,10 @@ _QUERY_PROPERTIES = {
     "companies": ("name", "domain"),
     "deals": ("dealname",),
     "tasks": ("hs_task_subject", "hs_task_body"),
+    "meetings": ("hs_meeting_title", "hs_meeting_body"),
+    "emails": ("hs_email_subject", "hs_email_text"),
+    "calls": ("hs_call_title", "hs_call_body"),
+    "notes": ("hs_note_body",),
 }
 
 
@@ -1446,10 +1461,22 @@ class HubSpotApi:
         return from_type, to_type
 
     def _associations_read(self, request: Request, body: bytes) -> _Answer:
+        """v4 batch read: each input's associated records, ``ASSOCIATION_PAGE`` at a time.
+
+        An input may carry the ``after`` of its previous page. Associations of an archived
+        record are kept (HubSpot restores them with it) and still answered; associations to
+        an archived record are not.
+        """
         from_type, to_type = self._pair(request)
         inputs = self._inputs(self._json_object(body), ASSOCIATION_BATCH_LIMIT)
-        raw_ids = [str(i.get("id", "")) if isinstance(i, dict) else "" for i in inputs]
-        numeric = {raw: _object_id(raw) for raw in dict.fromkeys(raw_ids)}
+        pages: dict[str, int] = {}
+        for item in inputs:
+            raw = str(item.get("id", "")) if isinstance(item, dict) else ""
+            after = item.get("after") if isinstance(item, dict) else None
+            if after is not None and not str(after).isdigit():
+                raise _Invalid(f"Invalid after: {after!r}", context={"after": [str(after)]})
+            pages.setdefault(raw, int(after or 0))
+        numeric = {raw: _object_id(raw) for raw in pages}
         found = self.store.associations(from_type, [i for i in numeric.values() if i], to_type)
         live = self.store.get_many(to_type, {t for m in found.values() for t in m})
         labels = {
@@ -1472,8 +1499,15 @@ class HubSpotApi:
                 for to_id, types in targets.items()
                 if to_id in live and not live[to_id].archived
             ]
-            if to:
-                results.append({"from": {"id": raw}, "to": to})
+            start = pages[raw]
+            if to and start < len(to):
+                result: dict[str, Any] = {
+                    "from": {"id": raw},
+                    "to": to[start : start + ASSOCIATION_PAGE],
+                }
+                if start + ASSOCIATION_PAGE < len(to):
+                    result["paging"] = {"next": {"after": str(start + ASSOCIATION_PAGE)}}
+                results.append(result)
                 continue
             errors.append(
                 _batch_error(

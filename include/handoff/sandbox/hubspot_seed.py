@@ -8,20 +8,33 @@ one and a custom "Enterprise" one with numeric stage ids), a "Primary" associati
 label on each deal's main contact, ``hs_timezone`` in HubSpot's slug form
 (``asia_slash_tokyo``) and ``hs_language`` as HubSpot's lower-case tags (``zh-cn``).
 
+Clients have histories (``histories.py``, the scenario every sandbox CRM shares): every
+deal won in the last ``HISTORY_DAYS`` days gets an ordinary client's meetings, emails,
+calls, notes and tasks, and the named ``HISTORY_CASES`` clients are added with the
+histories built to trip (or not trip) each red-flag rule. They come after every other
+record and draw nothing from the seed's random sequence, so the rest of the portal is
+the same with or without them.
+
 Same (seed, deals, today) and options give the same portal, ids included; nothing
 reads the wall clock.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import random
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import accumulate
 from typing import Any
 
+from handoff.crm.hubspot import body_with_key
+from handoff.models import dedupe_key
 from handoff.sandbox import seed as org_seed
+from handoff.sandbox.histories import HISTORY_CASES, HistoryCase, SeedActivity, healthy_history
 from handoff.sandbox.hubspot_store import (
     DATE_ENTERED_PREFIX,
     HUBSPOT_DEFINED,
@@ -41,7 +54,9 @@ __all__ = [
     "ENTERPRISE_PIPELINE_ID",
     "ENTERPRISE_WON_STAGE_ID",
     "HANDOFF_PROPERTIES",
+    "HISTORY_DAYS",
     "PRIMARY_CONTACT_LABEL_TYPE_ID",
+    "SCOPE_CHANGE_PROPERTY",
     "seed_portal",
 ]
 
@@ -92,6 +107,10 @@ _PIPELINES = (
 _ENTERPRISE_SHARE = 0.25
 # Salesforce's opportunity types in HubSpot's two deal types.
 _DEAL_TYPES = {"New Business": "newbusiness"}
+# A won deal this recent has a client history (its 90 days, and a margin).
+HISTORY_DAYS = 95
+# The deal checkbox a CSM ticks when the client asks for more than was sold.
+SCOPE_CHANGE_PROPERTY = "scope_change_requested"
 
 _CUSTOM_PROPERTIES: tuple[tuple[str, PropertyDef], ...] = (
     ("deals", PropertyDef(
@@ -117,6 +136,11 @@ _CUSTOM_PROPERTIES: tuple[tuple[str, PropertyDef], ...] = (
     ("tasks", PropertyDef(
         "handoff_key", "string", "text", "Handoff key", custom=True, group="handoff_autopilot",
         description="Dedupe key Handoff Autopilot writes on its tasks; search it with EQ or IN.",
+    )),
+    ("deals", PropertyDef(
+        SCOPE_CHANGE_PROPERTY, "bool", "booleancheckbox", "Scope change requested",
+        options=(("true", "Yes"), ("false", "No")), custom=True, group="handoff_autopilot",
+        description="Ticked when the client asks for more than was sold.",
     )),
 )  # fmt: skip
 
@@ -155,6 +179,17 @@ def _pipeline_body(
         "updatedAt": created,
         "archived": False,
     }
+
+
+@dataclass(frozen=True)
+class _Client:
+    """A won deal that gets a client history, and who is on it."""
+
+    deal_id: int
+    name: str
+    won_at: datetime
+    csm: int | None
+    contact: int | None  # the primary contact, when the deal has one
 
 
 @dataclass
@@ -398,6 +433,145 @@ class _PortalSeeder:
                     "deal_contact_associations", "deals", deal_id, "contacts", contact_id
                 )
 
+    # -- client histories (no draw from ``rng``: every record above stays as it was) ----------
+
+    def history_case(
+        self, index: int, case: HistoryCase, aes: list[int], csms: list[int]
+    ) -> _Client:
+        """A named client of ``HISTORY_CASES``: company, primary contact and won deal."""
+        won_at = case.won_at(self.today)
+        seller, csm = aes[index % len(aes)], csms[index % len(csms)]
+        created = won_at - timedelta(days=400)
+        company_props = {
+            "name": case.account,
+            "domain": self.domain(case.account),
+            "country": case.country,
+            "industry": "Professional Services",
+            "hubspot_owner_id": str(seller),
+        }
+        company_id = self.insert("companies", company_props, created, created + timedelta(days=3))
+        contact_props = {
+            "firstname": case.first,
+            "lastname": case.last,
+            "email": case.email,
+            "jobtitle": "Head of Operations",
+            "company": case.account,
+            "country": case.country,
+            "hs_timezone": to_hubspot_timezone(case.time_zone),
+            "hubspot_owner_id": str(seller),
+            "associatedcompanyid": str(company_id),
+        }
+        met = created + timedelta(days=1)
+        contact_id = self.insert("contacts", contact_props, met, met + timedelta(days=2))
+        self.associate(
+            "contact_company_associations", "contacts", contact_id, "companies", company_id,
+            _CONTACT_COMPANY_PRIMARY,
+        )  # fmt: skip
+        # The same document as in the Salesforce org, empty where the case says.
+        doc = {
+            f"handoff_{key}": text
+            for key, text in org_seed.history_case_doc(case).items()
+            if text is not None
+        }
+        opened = won_at - timedelta(days=45)
+        props: dict[str, Any] = {
+            "dealname": case.deal,
+            "hubspot_owner_id": str(seller),
+            "dealtype": "newbusiness",
+            "amount": str(int(case.amount)),
+            "closedate": format_ms(to_ms(won_at)),
+            "customer_success_manager": str(csm),
+            SCOPE_CHANGE_PROPERTY: "true" if case.scope_change else "false",
+            **_stage_props(DEFAULT_PIPELINE_ID, "closedwon", opened, won_at),
+            **doc,
+        }
+        modified = won_at + timedelta(minutes=5 + zlib.crc32(case.deal.encode()) % 40)
+        deal_id = self.insert("deals", props, opened, modified)
+        self.associate(
+            "deal_company_associations", "deals", deal_id, "companies", company_id,
+            _DEAL_COMPANY_PRIMARY,
+        )  # fmt: skip
+        self.deal_contacts(deal_id, [contact_id], contact_id, extra=False)
+        return _Client(deal_id, case.deal, won_at, csm, contact_id)
+
+    def activities(self, client: _Client, items: Sequence[SeedActivity]) -> None:
+        """Log a deal's history: one engagement an activity, on the deal and its contact."""
+        for item in items:
+            object_type, props = _engagement(item, client)
+            record_id = self.insert(object_type, props, item.modstamp, item.modstamp)
+            self.associate("activity_associations", object_type, record_id, "deals", client.deal_id)
+            if client.contact is not None:
+                self.associate(
+                    "activity_associations", object_type, record_id, "contacts", client.contact
+                )
+
+
+_EMAIL_DIRECTIONS = {
+    "outbound": "EMAIL",
+    "inbound": "INCOMING_EMAIL",
+    "internal": "FORWARDED_EMAIL",
+}
+_MEETING_OUTCOMES = {
+    "completed": "COMPLETED",
+    "no_show": "NO_SHOW",
+    "cancelled": "CANCELED",
+    "scheduled": "SCHEDULED",
+}
+_CALL_STATUSES = {"completed": "COMPLETED", "no_show": "NO_ANSWER", "cancelled": "CANCELED"}
+
+
+def _html(text: str) -> str | None:
+    """Plain text as the HTML HubSpot keeps in engagement bodies."""
+    if not text:
+        return None
+    return "<p>" + "<br>".join(html.escape(line) for line in text.splitlines()) + "</p>"
+
+
+def _engagement(item: SeedActivity, client: _Client) -> tuple[str, dict[str, Any]]:
+    """A history's activity as the HubSpot engagement that logs it: (object type, properties)."""
+    at = format_ms(to_ms(item.at))
+    owner = str(client.csm) if client.csm and item.direction != "inbound" else None
+    common = {"hs_timestamp": at, "hubspot_owner_id": owner}
+    if item.kind == "email":
+        return "emails", {
+            **common,
+            "hs_email_subject": item.subject,
+            "hs_email_text": item.body or None,
+            "hs_email_direction": _EMAIL_DIRECTIONS[item.direction],
+            "hs_email_status": "SENT" if item.direction != "inbound" else None,
+        }
+    if item.kind == "call":
+        return "calls", {
+            **common,
+            "hs_call_title": item.subject,
+            "hs_call_body": _html(item.body),
+            "hs_call_direction": "INBOUND" if item.direction == "inbound" else "OUTBOUND",
+            "hs_call_status": _CALL_STATUSES.get(item.outcome or ""),
+        }
+    if item.kind == "meeting":
+        return "meetings", {
+            **common,
+            "hs_meeting_title": item.subject,
+            "hs_meeting_body": _html(item.body),
+            "hs_meeting_start_time": at,
+            "hs_meeting_end_time": format_ms(to_ms(item.at + timedelta(hours=1))),
+            "hs_meeting_outcome": _MEETING_OUTCOMES.get(item.outcome or ""),
+        }
+    if item.kind == "note":
+        return "notes", {**common, "hs_note_body": _html(item.body)}
+    if item.kind == "task":
+        key = dedupe_key("hubspot", str(client.deal_id), item.step) if item.step else None
+        return "tasks", {
+            **common,
+            "hs_task_subject": item.subject,
+            "hs_task_body": body_with_key(item.body, key) if key else _html(item.body),
+            "hs_task_status": "COMPLETED" if item.outcome == "completed" else "NOT_STARTED",
+            "hs_task_priority": "NONE",
+            "hs_task_type": "TODO",
+            "handoff_key": key,
+        }
+    raise ValueError(f"unknown activity kind {item.kind!r}")
+
 
 def _stages(pipeline: str) -> tuple[_Stage, ...]:
     return _ENTERPRISE_STAGES if pipeline == ENTERPRISE_PIPELINE_ID else _DEFAULT_STAGES
@@ -427,6 +601,7 @@ def seed_portal(
     today: date,
     onboarding_days: int = 3,
     recent_share: float = 0.2,
+    activities_per_deal: int | None = None,
 ) -> dict[str, Any]:
     """Fill an (empty) store with a realistic portal and return summary counts.
 
@@ -435,9 +610,18 @@ def seed_portal(
     days ago, older wins lie before that window, four recent wins share one
     ``hs_lastmodifieddate`` (a bulk update at 02:00 yesterday), and the named edge
     cases (``EDGE_CASE_DEALS``) were won yesterday.
+
+    Then come the client histories: the named ``HISTORY_CASES`` deals with theirs, and
+    every deal won in the last ``HISTORY_DAYS`` days an ordinary client's history up to
+    midnight of ``today`` (``healthy_history`` keyed by the deal's name, as in the
+    Salesforce org), exactly ``activities_per_deal`` activities each when given (the
+    benchmark's fixed load). The summary counts them by object type; ``recent_won`` counts
+    the named clients won inside the onboarding window too.
     """
     if deals < 0:
         raise ValueError("deals must not be negative")
+    if activities_per_deal is not None and activities_per_deal < 0:
+        raise ValueError("activities_per_deal must not be negative")
     if onboarding_days < 1:
         raise ValueError("onboarding_days must be at least 1")
     if not 0 <= recent_share <= 1:
@@ -459,15 +643,21 @@ def seed_portal(
     )
     with store.bulk() as writer:
         seeder = _PortalSeeder(writer, rng, place_rng, today)
-        summary = _seed(seeder, deals, onboarding_days, recent_share)
+        summary = _seed(seeder, deals, onboarding_days, recent_share, activities_per_deal)
     log.info("Seeded sandbox portal: %s", summary)
     return summary
 
 
 def _seed(
-    s: _PortalSeeder, deals: int, onboarding_days: int, recent_share: float
+    s: _PortalSeeder,
+    deals: int,
+    onboarding_days: int,
+    recent_share: float,
+    activities_per_deal: int | None,
 ) -> dict[str, Any]:
     rng = s.rng
+    history_from = s.midnight - timedelta(days=HISTORY_DAYS)
+    clients: list[_Client] = []
     aes, csms, archived_csm, _ = s.owners()
 
     companies: list[_Company] = []
@@ -583,13 +773,29 @@ def _seed(
         )
         contact_ids = [c[0] for c in company.contacts]
         roll = rng.random()
-        if kind == "recent" or roll >= 0.10:
+        has_primary = kind == "recent" or roll >= 0.10
+        if has_primary:
             s.deal_contacts(deal_id, contact_ids, champion[0])
         elif roll >= 0.05:
             s.deal_contacts(deal_id, contact_ids, None)
+        if stage == won_stage and changed >= history_from:
+            csm = int(props["customer_success_manager"])
+            primary = champion[0] if has_primary else None
+            clients.append(_Client(deal_id, props["dealname"], changed, csm, primary))
 
     for edge in org_seed.EDGE_CASES:
-        _seed_edge_case(s, edge, aes, csms, archived_csm)
+        clients.append(_seed_edge_case(s, edge, aes, csms, archived_csm))
+
+    # Client histories, after every other record and without a draw from ``rng``.
+    cases = [s.history_case(n, case, aes, csms) for n, case in enumerate(HISTORY_CASES)]
+    for client in clients:
+        s.activities(
+            client, healthy_history(client.name, client.won_at, s.midnight, activities_per_deal)
+        )
+    for client, case in zip(cases, HISTORY_CASES, strict=True):
+        s.activities(client, case.history(client.won_at))
+    onboarding_start = s.midnight - timedelta(days=onboarding_days)
+    recent_cases = sum(1 for client in cases if onboarding_start <= client.won_at < s.midnight)
 
     counts = s.counts
     return {
@@ -599,16 +805,20 @@ def _seed(
         "deals": counts.get("deals", 0),
         "deal_contact_associations": counts.get("deal_contact_associations", 0),
         "pipelines": len(_PIPELINES),
-        "recent_won": kinds.count("recent") + len(org_seed.EDGE_CASES),
+        "recent_won": kinds.count("recent") + len(org_seed.EDGE_CASES) + recent_cases,
         "edge_cases": len(org_seed.EDGE_CASES),
         "shared_lastmodifieddate": format_ms(to_ms(shared_stamp)),
         "shared_lastmodifieddate_deals": len(shared_group),
+        "history_cases": len(HISTORY_CASES),
+        "deals_with_history": len(clients) + len(cases),
+        **{name: counts.get(name, 0) for name in ("meetings", "emails", "calls", "notes", "tasks")},
+        "activity_associations": counts.get("activity_associations", 0),
     }
 
 
 def _seed_edge_case(
     s: _PortalSeeder, edge: org_seed._EdgeDeal, aes: list[int], csms: list[int], archived_csm: int
-) -> None:
+) -> _Client:
     rng = s.rng
     owner = rng.choice(aes)
     company = s.company(edge.account, edge.industry, edge.country, owner)
@@ -663,3 +873,5 @@ def _seed_edge_case(
     )
     if edge.primary:
         s.deal_contacts(deal_id, contact_ids, contact_ids[0])
+    csm = int(props["customer_success_manager"])
+    return _Client(deal_id, edge.deal, changed, csm, contact_ids[0] if edge.primary else None)

@@ -7,6 +7,10 @@ layer can answer in HubSpot's shapes without translating a relational schema, an
 property definitions below are the contract the connector relies on: names, types and
 value formats match a real portal's.
 
+Activities are records too (HubSpot's engagements: meetings, emails, calls, notes and
+tasks), with HubSpot's property names and its default association types to deals,
+contacts and companies (meeting to deal 212, deal to meeting 211, ...).
+
 Value formats, as HubSpot's v3 API returns them (every value is a string or null):
 datetimes ``2026-11-22T14:03:07.120Z``, numbers ``"25000"``, booleans ``"true"``,
 ``hs_timezone`` an IANA zone in HubSpot's slug form (``asia_slash_tokyo``, see
@@ -29,6 +33,7 @@ from typing import Any
 from zoneinfo import available_timezones
 
 __all__ = [
+    "ENGAGEMENT_TYPES",
     "HUBSPOT_DEFINED_ASSOCIATIONS",
     "OBJECT_TYPES",
     "HubSpotObject",
@@ -47,7 +52,13 @@ OBJECT_TYPES: dict[str, str] = {
     "companies": "0-2",
     "deals": "0-3",
     "tasks": "0-27",
+    "notes": "0-46",
+    "meetings": "0-47",
+    "calls": "0-48",
+    "emails": "0-49",
 }
+# The activities (engagements) a portal logs on its records; tasks double as write-back.
+ENGAGEMENT_TYPES = ("meetings", "emails", "calls", "notes", "tasks")
 _ALIASES = {
     **{name: name for name in OBJECT_TYPES},
     **{name[:-1]: name for name in OBJECT_TYPES},
@@ -55,16 +66,29 @@ _ALIASES = {
     **{type_id: name for name, type_id in OBJECT_TYPES.items()},
 }
 # Singular upper-case names, as HubSpot's batch error messages spell them.
-OBJECT_NOUNS = {"contacts": "CONTACT", "companies": "COMPANY", "deals": "DEAL", "tasks": "TASK"}
+OBJECT_NOUNS = {
+    "contacts": "CONTACT",
+    "companies": "COMPANY",
+    "deals": "DEAL",
+    "tasks": "TASK",
+    "notes": "NOTE",
+    "meetings": "MEETING",
+    "calls": "CALL",
+    "emails": "EMAIL",
+}
 # The property a type keeps its last-modified moment in: contacts are the odd one out.
 MODIFIED_PROPERTY = {"contacts": "lastmodifieddate"}
-CREATED_PROPERTY = {"tasks": "hs_createdate"}
+CREATED_PROPERTY = {name: "hs_createdate" for name in ENGAGEMENT_TYPES}
 # Ids start high and step unevenly, like a portal's, so code cannot assume dense ids.
 _ID_BASES = {
     "deals": (31_200_000_000, 17),
     "contacts": (95_100_000_000, 13),
     "companies": (27_400_000_000, 11),
     "tasks": (66_800_000_000, 7),
+    "notes": (67_300_000_000, 7),
+    "meetings": (67_900_000_000, 7),
+    "calls": (68_400_000_000, 7),
+    "emails": (69_100_000_000, 7),
     "owners": (41_000_000, 23),
     "users": (7_100_000, 19),
 }
@@ -83,6 +107,22 @@ HUBSPOT_DEFINED_ASSOCIATIONS: dict[tuple[str, str], tuple[tuple[int, str | None,
     ("contacts", "tasks"): ((203, None, 204),),
     ("tasks", "companies"): ((192, None, 191),),
     ("companies", "tasks"): ((191, None, 192),),
+    # The other engagements, as HubSpot defines them: (to deal, to contact, to company) and
+    # back, each the id one below its inverse (deal to meeting 211, meeting to deal 212).
+    **{
+        pair: ((type_id, None, inverse),)
+        for engagement, (deal, contact, company) in {
+            "calls": (206, 194, 182),
+            "emails": (210, 198, 186),
+            "meetings": (212, 200, 188),
+            "notes": (214, 202, 190),
+        }.items()
+        for other, to_other in (("deals", deal), ("contacts", contact), ("companies", company))
+        for pair, type_id, inverse in (
+            ((engagement, other), to_other, to_other - 1),
+            ((other, engagement), to_other - 1, to_other),
+        )
+    },
 }
 HUBSPOT_DEFINED = "HUBSPOT_DEFINED"
 USER_DEFINED = "USER_DEFINED"
@@ -248,6 +288,10 @@ _GROUPS = {
     "companies": "companyinformation",
     "deals": "dealinformation",
     "tasks": "task",
+    "notes": "engagement",
+    "meetings": "meeting",
+    "calls": "call",
+    "emails": "email",
 }
 
 
@@ -278,7 +322,12 @@ def _system(object_type: str) -> tuple[PropertyDef, ...]:
     )  # fmt: skip
 
 
-_OWNER_LABELS = {"contacts": "Contact", "companies": "Company", "deals": "Deal", "tasks": "Task"}
+_OWNER_LABELS = {
+    "contacts": "Contact",
+    "companies": "Company",
+    "deals": "Deal",
+    **{name: "Activity" for name in ENGAGEMENT_TYPES},
+}
 _LANGUAGES = (
     ("en", "English"), ("de", "German"), ("fr", "French"), ("nl", "Dutch"), ("es", "Spanish"),
     ("it", "Italian"), ("pt-br", "Portuguese - Brazil"), ("sv", "Swedish"), ("da", "Danish"),
@@ -334,6 +383,54 @@ STANDARD_PROPERTIES: dict[str, tuple[PropertyDef, ...]] = {
         _p("hs_task_type", "enumeration", "Task Type",
            options=(("TODO", "To-do"), ("CALL", "Call"), ("EMAIL", "Email"),
                     ("LINKED_IN", "LinkedIn"), ("MEETING", "Meeting"))),
+    ),
+    # Engagements: bodies are HTML (emails keep a plain-text copy too), hs_timestamp is when
+    # the activity happened (a meeting's start is its own property), outcomes are enumerations.
+    "meetings": (
+        *_system("meetings"),
+        _p("hs_timestamp", "datetime", "Activity date"),
+        _p("hs_meeting_title", "string", "Meeting name"),
+        _p("hs_meeting_body", "string", "Meeting description", field_type="html"),
+        _p("hs_meeting_start_time", "datetime", "Start Time"),
+        _p("hs_meeting_end_time", "datetime", "End Time"),
+        _p("hs_meeting_location", "string", "Location"),
+        _p("hs_meeting_outcome", "enumeration", "Meeting outcome",
+           options=(("SCHEDULED", "Scheduled"), ("COMPLETED", "Completed"),
+                    ("RESCHEDULED", "Rescheduled"), ("NO_SHOW", "No Show"),
+                    ("CANCELED", "Canceled"))),
+    ),
+    "emails": (
+        *_system("emails"),
+        _p("hs_timestamp", "datetime", "Activity date"),
+        _p("hs_email_subject", "string", "Email subject"),
+        _p("hs_email_text", "string", "Email body", field_type="textarea"),
+        _p("hs_email_html", "string", "Email HTML body", field_type="html"),
+        _p("hs_email_direction", "enumeration", "Email direction",
+           options=(("EMAIL", "Sent by owner"), ("INCOMING_EMAIL", "Reply from contact"),
+                    ("FORWARDED_EMAIL", "Forwarded"))),
+        _p("hs_email_status", "enumeration", "Email send status",
+           options=(("BOUNCED", "Bounced"), ("FAILED", "Failed"), ("SCHEDULED", "Scheduled"),
+                    ("SENDING", "Sending"), ("SENT", "Sent"))),
+    ),
+    "calls": (
+        *_system("calls"),
+        _p("hs_timestamp", "datetime", "Activity date"),
+        _p("hs_call_title", "string", "Call Title"),
+        _p("hs_call_body", "string", "Call notes", field_type="html"),
+        _p("hs_call_direction", "enumeration", "Call direction",
+           options=(("INBOUND", "Inbound"), ("OUTBOUND", "Outbound"))),
+        _p("hs_call_status", "enumeration", "Call status",
+           options=(("BUSY", "Busy"), ("CALLING_CRM_USER", "Calling CRM user"),
+                    ("CANCELED", "Canceled"), ("COMPLETED", "Completed"),
+                    ("CONNECTING", "Connecting"), ("FAILED", "Failed"),
+                    ("IN_PROGRESS", "In progress"), ("NO_ANSWER", "No answer"),
+                    ("QUEUED", "Queued"), ("RINGING", "Ringing"))),
+        _p("hs_call_duration", "number", "Call duration (ms)"),
+    ),
+    "notes": (
+        *_system("notes"),
+        _p("hs_timestamp", "datetime", "Activity date"),
+        _p("hs_note_body", "string", "Note body", field_type="html"),
     ),
 }  # fmt: skip
 # When a deal entered a stage, one read-only datetime per stage id, as HubSpot's
@@ -392,7 +489,7 @@ DEFAULT_PROPERTIES: dict[str, tuple[str, ...]] = {
     "companies": ("createdate", "domain", "hs_lastmodifieddate", "hs_object_id", "name"),
     "deals": ("amount", "closedate", "createdate", "dealname", "dealstage",
               "hs_lastmodifieddate", "hs_object_id", "pipeline"),
-    "tasks": ("hs_createdate", "hs_lastmodifieddate", "hs_object_id"),
+    **{name: ("hs_createdate", "hs_lastmodifieddate", "hs_object_id") for name in ENGAGEMENT_TYPES},
 }  # fmt: skip
 _ALWAYS = {
     name: (

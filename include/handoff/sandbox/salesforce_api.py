@@ -2,7 +2,9 @@
 
 The real ``simple_salesforce`` client must work against it unchanged, so paths,
 status codes, body shapes and error codes follow Salesforce (API v59.0, any
-``vNN.N`` accepted). Control endpoints under ``/__sandbox__/`` sit outside the
+``vNN.N`` accepted), and so do its limits: a URI of at most 16,384 bytes, a SOQL
+statement of at most 100,000 characters, 2,000 records a page, 200 records a
+collection write. Control endpoints under ``/__sandbox__/`` sit outside the
 API: they need no session and are not counted as API calls.
 """
 
@@ -22,7 +24,7 @@ from urllib.parse import unquote_plus
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from handoff.sandbox.faults import FaultPlan, FaultRule
@@ -43,6 +45,10 @@ __all__ = ["FaultPlan", "FaultRule", "create_app", "validate_record"]
 log = logging.getLogger(__name__)
 
 API_LIMIT = 15000
+# The request line's URI, and the URI with every header, may hold at most this many bytes:
+# Salesforce answers 414 URI Too Long, or 431 Request Header Fields Too Large, before any API
+# logic runs (so a long SOQL statement in a GET fails here first).
+MAX_URI_BYTES = 16_384
 PAGE_SIZE = 2000
 COLLECTION_LIMIT = 200
 _MAX_CURSORS = 200
@@ -193,7 +199,10 @@ def validate_record(
 def _check_value(
     store: SandboxStore, sdef: SObjectDef, fdef: FieldDef, value: Any
 ) -> dict[str, Any] | None:
-    if fdef.restricted and (value is None or value not in fdef.picklist_values):
+    # A restricted picklist takes only its values; null only where the field may be empty.
+    if fdef.restricted and (
+        value not in fdef.picklist_values if value is not None else not fdef.nillable
+    ):
         return _record_error(
             "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
             f"{fdef.label}: bad value for restricted picklist field: {value}",
@@ -309,6 +318,9 @@ class SalesforceApi:
 
     async def handle(self, request: Request) -> Response:
         """Entry point for every /services/data/ request."""
+        refused = _oversized(request)
+        if refused is not None:
+            return refused
         authorization = request.headers.get("authorization", "")
         if authorization != f"Bearer {self.token}":
             with self._lock:
@@ -654,6 +666,20 @@ class SalesforceApi:
                 return {"success": False, "errors": errors}
             self.store.update(sdef.name, record_id, values)
         return {"id": record_id, "success": True, "errors": []}
+
+
+def _oversized(request: Request) -> Response | None:
+    """The answer Salesforce's front end gives a request too long to read, else None."""
+    scope = request.scope
+    path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string") or b""
+    uri = len(path) + (len(query) + 1 if query else 0)
+    if uri > MAX_URI_BYTES:
+        return PlainTextResponse("URI Too Long", status_code=414)
+    headers = sum(len(name) + len(value) + 4 for name, value in scope.get("headers", ()))
+    if uri + headers > MAX_URI_BYTES:
+        return PlainTextResponse("Request Header Fields Too Large", status_code=431)
+    return None
 
 
 def _fault_answer(rule: FaultRule) -> _Answer:

@@ -10,6 +10,13 @@ injection, no owner, no amount, inactive CSM, an existing-customer upgrade, a re
 clients in Tokyo and Los Angeles, a German client known only by country with a formal
 greeting) and a group of recent wins sharing one SystemModstamp, so every branch of the
 handoff flow and the connector's tie handling show up in a demo.
+
+Clients have histories too (histories.py, the scenario every sandbox CRM shares): the named
+clients of ``HISTORY_CASES``, each built to trip one red-flag rule or to look like trouble and
+not be, and an ordinary rhythm of emails, calls, meetings, notes and tasks for every other
+deal won in the last 95 days, as EmailMessage, Task and Event records. They come after every
+other record, from random streams of their own, so each record a seed made before histories
+existed is still the same, Id for Id.
 """
 
 from __future__ import annotations
@@ -25,9 +32,19 @@ from datetime import UTC, date, datetime, time, timedelta
 from itertools import accumulate
 from typing import Any
 
-from handoff.sandbox.store import HANDOFF_FIELDS, BulkInserter, SandboxStore
+from handoff.crm.salesforce import description_with_key
+from handoff.models import dedupe_key
+from handoff.sandbox.histories import HISTORY_CASES, HistoryCase, SeedActivity, healthy_history
+from handoff.sandbox.store import (
+    EVENT_OUTCOME_FIELD,
+    HANDOFF_FIELDS,
+    HANDOFF_KEY_FIELD,
+    SCOPE_CHANGE_FIELD,
+    BulkInserter,
+    SandboxStore,
+)
 
-__all__ = ["EDGE_CASE_DEALS", "seed_org"]
+__all__ = ["EDGE_CASE_DEALS", "HISTORY_DAYS", "history_case_doc", "seed_org"]
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +341,14 @@ EDGE_CASES: tuple[_EdgeDeal, ...] = (
 )
 EDGE_CASE_DEALS: tuple[str, ...] = tuple(edge.deal for edge in EDGE_CASES)
 
+# Deals won this many days before the seed day get an ordinary client's history: the 90 days
+# of the playbook, and a few more.
+HISTORY_DAYS = 95
+_HANDOFF_KEYS = ("situation", "goals", "promises", "objections", "stakeholders", "risks")
+_MEETING_OUTCOMES = {"completed": "Completed", "no_show": "No Show", "cancelled": "Canceled"}
+_CALL_TYPES = {"inbound": "Inbound", "outbound": "Outbound", "internal": "Internal"}
+_CASE_TITLE = "Head of Operations"
+
 
 @dataclass(frozen=True)
 class DealPlan:
@@ -410,6 +435,10 @@ class _Seeder:
         self.companies: set[str] = set()
         self.company_round = 0
         self.qualified_companies: list[tuple[str, str]] = []
+        # What client histories need later, noted on the way (no random draw): addresses,
+        # and every Closed Won deal.
+        self.emails: dict[str, str | None] = {}
+        self.won: list[_WonDeal] = []
 
     def insert(self, sobject: str, fields: dict[str, Any], modstamp: datetime) -> str:
         self.counts[sobject] = self.counts.get(sobject, 0) + 1
@@ -476,6 +505,7 @@ class _Seeder:
                 },
                 modstamp,
             )
+            self.emails[user_id] = email
             if title == "Account Executive":
                 aes.append(user_id)
             elif is_inactive:
@@ -553,7 +583,7 @@ class _Seeder:
         opted_out: bool,
         place: Mapping[str, str | None],
     ) -> str:
-        return self.insert(
+        contact_id = self.insert(
             "Contact",
             {
                 "AccountId": account_id,
@@ -567,6 +597,8 @@ class _Seeder:
             },
             created + timedelta(hours=self.rng.randint(1, 72)),
         )
+        self.emails[contact_id] = email
+        return contact_id
 
     # -- opportunities ------------------------------------------------------------------------
 
@@ -635,6 +667,18 @@ class _Seeder:
                 )
 
 
+@dataclass(frozen=True)
+class _WonDeal:
+    """A Closed Won deal, as its client history needs it."""
+
+    id: str
+    name: str
+    won_at: datetime
+    csm: str | None
+    owner: str | None
+    contact: str | None  # the primary contact
+
+
 @dataclass
 class _AccountInfo:
     id: str
@@ -655,6 +699,8 @@ def seed_org(
     today: date,
     onboarding_days: int = 3,
     recent_share: float = 0.2,
+    activities_per_deal: int | None = None,
+    _histories: bool = True,
 ) -> dict[str, Any]:
     """Fill an (empty) store with a realistic org and return summary counts.
 
@@ -665,6 +711,12 @@ def seed_org(
     ``onboarding_days`` days ago, spread uniformly, so a long onboarding playbook finds
     clients at every stage of it; older wins lie before that window. The named edge
     cases are always won yesterday.
+
+    Then the client histories: the deals of ``HISTORY_CASES`` with theirs, and every other
+    deal won in the last ``HISTORY_DAYS`` days with an ordinary one: with
+    ``activities_per_deal`` (the benchmark's fixed load), that many each, fewer only for a
+    deal won so lately that some would fall after the seed day.
+    ``_histories=False`` leaves them out (the org as it was before histories, for tests).
     """
     if deals < 0:
         raise ValueError("deals must not be negative")
@@ -672,18 +724,27 @@ def seed_org(
         raise ValueError("onboarding_days must be at least 1")
     if not 0 <= recent_share <= 1:
         raise ValueError("recent_share must be between 0 and 1")
+    if activities_per_deal is not None and activities_per_deal < 0:
+        raise ValueError("activities_per_deal must not be negative")
     rng = random.Random(seed)
     # Where clients are comes from a stream of its own, so adding it left every other
     # record of a seed as it was.
     place_rng = random.Random(f"client-place-{seed}")
     with store.bulk_insert() as inserter:
         seeder = _Seeder(inserter, rng, place_rng, today)
-        summary = _seed(seeder, deals, onboarding_days, recent_share)
+        histories = _Histories(activities_per_deal) if _histories else None
+        summary = _seed(seeder, deals, onboarding_days, recent_share, histories)
     log.info("Seeded sandbox org: %s", summary)
     return summary
 
 
-def _seed(s: _Seeder, deals: int, onboarding_days: int, recent_share: float) -> dict[str, Any]:
+def _seed(
+    s: _Seeder,
+    deals: int,
+    onboarding_days: int,
+    recent_share: float,
+    histories: _Histories | None,
+) -> dict[str, Any]:
     rng = s.rng
     aes, csms, inactive_csm = s.users()
 
@@ -786,13 +847,22 @@ def _seed(s: _Seeder, deals: int, onboarding_days: int, recent_share: float) -> 
 
         contact_ids = [c[0] for c in account.contacts]
         roll = rng.random()
-        if primary_needed or roll >= 0.10:
+        has_primary = primary_needed or roll >= 0.10
+        if has_primary:
             s.contact_roles(deal_id, contact_ids, champion[0], created)
         elif roll >= 0.05:
             s.contact_roles(deal_id, contact_ids, None, created)
+        if fields["StageName"] == "Closed Won":
+            csm = fields["Customer_Success_Manager__c"]
+            contact = champion[0] if has_primary else None
+            s.won.append(_WonDeal(deal_id, fields["Name"], changed, csm, account.seller, contact))
 
     for edge in EDGE_CASES:
         _seed_edge_case(s, edge, aes, csms, inactive_csm)
+
+    recent_cases = 0
+    if histories is not None:
+        recent_cases = _seed_histories(s, aes, csms, onboarding_days, histories)
 
     counts = s.counts
     return {
@@ -801,7 +871,11 @@ def _seed(s: _Seeder, deals: int, onboarding_days: int, recent_share: float) -> 
         "contacts": counts.get("Contact", 0),
         "opportunities": counts.get("Opportunity", 0),
         "opportunity_contact_roles": counts.get("OpportunityContactRole", 0),
-        "recent_won": kinds.count("recent") + len(EDGE_CASES),
+        "tasks": counts.get("Task", 0),
+        "events": counts.get("Event", 0),
+        "email_messages": counts.get("EmailMessage", 0),
+        "history_cases": len(HISTORY_CASES) if histories is not None else 0,
+        "recent_won": kinds.count("recent") + len(EDGE_CASES) + recent_cases,
         "edge_cases": len(EDGE_CASES),
         "shared_modstamp": shared_stamp.isoformat().replace("+00:00", "Z"),
         "shared_modstamp_deals": len(shared_group),
@@ -858,3 +932,183 @@ def _seed_edge_case(
     deal_id = s.insert("Opportunity", fields, modstamp)
     if edge.primary:
         s.contact_roles(deal_id, contact_ids, contact_ids[0], created)
+    contact = contact_ids[0] if edge.primary else None
+    csm = fields["Customer_Success_Manager__c"]
+    s.won.append(_WonDeal(deal_id, edge.deal, changed, csm, fields["OwnerId"], contact))
+
+
+# -- client histories ------------------------------------------------------------------------
+
+
+def history_case_doc(case: HistoryCase) -> dict[str, str | None]:
+    """The named client's handoff document by key (situation, goals, ...), None where the rep
+    left it empty; drawn from the case's name, so every sandbox CRM writes the same one."""
+    rng = random.Random(f"history-doc:{case.deal}")
+    n = rng.randint(3, 40)
+    texts = {
+        "situation": rng.choice(_SITUATIONS).format(account=case.account, n=n),
+        "goals": rng.choice(_GOALS),
+        "promises": rng.choice(_PROMISES).format(n=n),
+        "objections": rng.choice(_OBJECTIONS).format(industry="their industry"),
+        "stakeholders": rng.choice(_STAKEHOLDERS).format(
+            contact=f"{case.first} {case.last}", title=_CASE_TITLE
+        ),
+        "risks": rng.choice(_RISKS),
+    }
+    return {key: None if key in case.missing_doc else texts[key] for key in _HANDOFF_KEYS}
+
+
+@dataclass(frozen=True)
+class _Histories:
+    """Client histories are seeded (and how many activities an ordinary deal gets)."""
+
+    activities_per_deal: int | None = None
+
+
+def _seed_histories(
+    s: _Seeder, aes: list[str], csms: list[str], onboarding_days: int, options: _Histories
+) -> int:
+    """The named clients with their histories, then an ordinary history for every other deal
+    won in the last ``HISTORY_DAYS`` days; returns how many named clients were won inside the
+    onboarding window. No draw from the seed's random stream: histories.py derives every time
+    and choice from the day and the deal's name."""
+    until = s.midnight
+    cases = [
+        _seed_history_case(s, index, case, aes, csms) for index, case in enumerate(HISTORY_CASES)
+    ]
+    for deal, case in zip(cases, HISTORY_CASES, strict=True):
+        _seed_activities(s, deal, case.history(deal.won_at), aes[0])
+    since = until - timedelta(days=HISTORY_DAYS)
+    for deal in s.won:
+        if since <= deal.won_at < until:
+            items = healthy_history(deal.name, deal.won_at, until, options.activities_per_deal)
+            _seed_activities(s, deal, items, aes[0])
+    onboarding_start = until - timedelta(days=onboarding_days)
+    return sum(1 for deal in cases if onboarding_start <= deal.won_at < until)
+
+
+def _seed_history_case(
+    s: _Seeder, index: int, case: HistoryCase, aes: list[str], csms: list[str]
+) -> _WonDeal:
+    """A named client: its account, its primary contact where it lives, the Closed Won deal."""
+    won = case.won_at(s.today)
+    owner, csm = aes[index % len(aes)], csms[index % len(csms)]
+    account_id = s.insert(
+        "Account",
+        {"Name": case.account, "BillingCountry": case.country, "OwnerId": owner},
+        won - timedelta(days=120),
+    )
+    contact_id = s.insert(
+        "Contact",
+        {
+            "AccountId": account_id,
+            "FirstName": case.first,
+            "LastName": case.last,
+            "Email": case.email,
+            "Title": _CASE_TITLE,
+            "HasOptedOutOfEmail": False,
+            "OwnerId": owner,
+            "MailingCountry": case.country,
+            "Time_Zone__c": case.time_zone,
+        },
+        won - timedelta(days=100),
+    )
+    s.emails[contact_id] = case.email
+    created = won - timedelta(days=45)
+    doc = history_case_doc(case)
+    fields: dict[str, Any] = {
+        "Name": case.deal,
+        "AccountId": account_id,
+        "OwnerId": owner,
+        "Type": "New Business",
+        "Amount": case.amount,
+        "StageName": "Closed Won",
+        "CloseDate": won.date(),
+        "LastStageChangeDate": won,
+        "CreatedDate": created,
+        "Customer_Success_Manager__c": csm,
+        SCOPE_CHANGE_FIELD: case.scope_change,
+        **{f"Handoff_{key.capitalize()}__c": text for key, text in doc.items()},
+    }
+    minutes = 5 + zlib.crc32(case.deal.encode()) % 40
+    deal_id = s.insert("Opportunity", fields, won + timedelta(minutes=minutes))
+    s.insert(
+        "OpportunityContactRole",
+        {
+            "OpportunityId": deal_id,
+            "ContactId": contact_id,
+            "Role": "Decision Maker",
+            "IsPrimary": True,
+        },
+        created + timedelta(days=1),
+    )
+    return _WonDeal(deal_id, case.deal, won, csm, owner, contact_id)
+
+
+def _seed_activities(
+    s: _Seeder, deal: _WonDeal, items: Sequence[SeedActivity], fallback_owner: str
+) -> None:
+    """One deal's history as Salesforce logs it: EmailMessage, Task (calls, notes, to-dos) and
+    Event records on the opportunity (and its primary contact), owned by the deal's CSM."""
+    owner = deal.csm or deal.owner or fallback_owner
+    ours, client = s.emails.get(owner), s.emails.get(deal.contact) if deal.contact else None
+    for item in items:
+        if item.kind == "email":
+            incoming = item.direction == "inbound"
+            s.insert(
+                "EmailMessage",
+                {
+                    "RelatedToId": deal.id,
+                    "Subject": item.subject,
+                    "TextBody": item.body,
+                    "Incoming": incoming,
+                    "MessageDate": item.at,
+                    "FromAddress": client if incoming else ours,
+                    "ToAddress": ours if incoming else client,
+                    "Status": "1" if incoming else "3",  # Read, Sent
+                    "CreatedById": owner,
+                },
+                item.modstamp,
+            )
+        elif item.kind == "meeting":
+            s.insert(
+                "Event",
+                {
+                    "WhatId": deal.id,
+                    "WhoId": deal.contact,
+                    "OwnerId": owner,
+                    "Subject": item.subject,
+                    "Description": item.body or None,
+                    "StartDateTime": item.at,
+                    "EndDateTime": item.at + timedelta(hours=1),
+                    EVENT_OUTCOME_FIELD: _MEETING_OUTCOMES.get(item.outcome or ""),
+                },
+                item.modstamp,
+            )
+        else:
+            s.insert("Task", _task_fields(deal, item, owner), item.modstamp)
+
+
+def _task_fields(deal: _WonDeal, item: SeedActivity, owner: str) -> dict[str, Any]:
+    """A call, note or to-do as a Task: its subtype and type say which."""
+    completed = item.kind == "note" or item.outcome == "completed"
+    fields: dict[str, Any] = {
+        "WhatId": deal.id,
+        "WhoId": deal.contact,
+        "OwnerId": owner,
+        "Subject": item.subject,
+        "Description": item.body or None,
+        "ActivityDate": item.at.date(),
+        "Status": "Completed" if completed else "Not Started",
+        "CompletedDateTime": item.at if completed else None,
+        "TaskSubtype": "Call" if item.kind == "call" else "Task",
+    }
+    if item.kind == "call":
+        fields.update(Type="Call", CallType=_CALL_TYPES[item.direction])
+    elif item.kind == "note":
+        fields["Type"] = "Note"
+    if item.kind == "task" and item.step:
+        key = dedupe_key("salesforce", deal.id, item.step)
+        fields[HANDOFF_KEY_FIELD] = key
+        fields["Description"] = description_with_key(item.body or item.subject, key)
+    return fields

@@ -8,6 +8,8 @@ JOINs; a polymorphic lookup such as Task.What only as the last step). Anything e
 is rejected with ``MALFORMED_QUERY`` instead of being half-understood, so code that
 works here is not silently relying on a feature the sandbox fakes.
 
+A statement longer than Salesforce's 100,000 characters is refused the same way.
+
 Semantics follow Salesforce where they differ from SQL: text comparisons are
 case-insensitive, ``!=`` and ``NOT IN`` match null values, datetimes compare in UTC.
 """
@@ -36,9 +38,11 @@ from handoff.sandbox.store import (
     resolve_sobject,
 )
 
-__all__ = ["CompiledQuery", "SoqlError", "compile_soql", "run_query"]
+__all__ = ["MAX_SOQL_LENGTH", "CompiledQuery", "SoqlError", "compile_soql", "run_query"]
 
 _FETCH_CHUNK = 500
+# Salesforce refuses a longer SOQL statement (Salesforce Developer Limits, "SOQL statements").
+MAX_SOQL_LENGTH = 100_000
 # Salesforce follows at most five child-to-parent relationships in one field path.
 _MAX_RELATIONSHIP_DEPTH = 5
 
@@ -868,6 +872,11 @@ def compile_soql(soql: str, *, include_deleted: bool = False) -> CompiledQuery:
     """Parse and validate a SOQL query against the sandbox schema (raises SoqlError)."""
     if not soql or not soql.strip():
         raise SoqlError("MALFORMED_QUERY", "SOQL statement cannot be empty")
+    if len(soql) > MAX_SOQL_LENGTH:
+        raise SoqlError(
+            "MALFORMED_QUERY",
+            f"SOQL statements cannot be longer than {MAX_SOQL_LENGTH:,} characters.",
+        )
     ast = _Parser(soql).parse()
     return _Compiler(soql, ast).compile(include_deleted)
 

@@ -142,6 +142,11 @@ HANDOFF_FIELDS = (
 # note, a rep's edit) could forge or break it. Filterable, so a retry can ask "which
 # of these keys already exist?" in one query.
 HANDOFF_KEY_FIELD = "Handoff_Key__c"
+SCOPE_CHANGE_FIELD = "Scope_Change_Requested__c"
+EVENT_OUTCOME_FIELD = "Outcome__c"
+_TASK_SUBTYPES = ("Task", "Email", "ListEmail", "Cadence", "Call", "LinkedIn")
+_TASK_TYPES = ("Call", "Email", "Meeting", "Note", "Other")
+_EMAIL_STATUSES = ("0", "1", "2", "3", "4", "5")
 
 
 def _sobject(name: str, prefix: str, plural: str, *fields: FieldDef) -> SObjectDef:
@@ -203,6 +208,8 @@ SOBJECTS: dict[str, SObjectDef] = {
                picklist_values=_OPPORTUNITY_TYPES),
             _ref("Customer_Success_Manager__c", "User", "Customer_Success_Manager__r"),
             *(_f(name, "textarea", length=32000) for name in HANDOFF_FIELDS),
+            # A checkbox a CSM ticks when the client asks for more than was sold.
+            _f(SCOPE_CHANGE_FIELD, "boolean", label="Scope Change Requested"),
         ),
         _sobject(
             "OpportunityContactRole", "00k", "Opportunity Contact Roles",
@@ -227,6 +234,43 @@ SOBJECTS: dict[str, SObjectDef] = {
             _f("IsReminderSet", "boolean", label="Reminder Set"),
             _f("ReminderDateTime", "datetime", label="Reminder Date/Time"),
             _f(HANDOFF_KEY_FIELD, "string", label="Handoff Key", length=255),
+            # What kind of activity the task logs: Salesforce sets it on create, "Task" unless
+            # the task is a logged call or email.
+            _f("TaskSubtype", "picklist", label="Task Subtype", length=40,
+               picklist_values=_TASK_SUBTYPES, restricted=True, default="Task"),
+            _f("Type", "picklist", length=40, picklist_values=_TASK_TYPES),
+            _f("CallType", "picklist", label="Call Type", length=40,
+               picklist_values=("Internal", "Inbound", "Outbound"), restricted=True),
+            # Set by Salesforce when the task is closed (Status Completed), cleared if reopened.
+            _f("CompletedDateTime", "datetime", label="Completed Date/Time", writable=False),
+        ),
+        _sobject(
+            "Event", "00U", "Events",
+            _ref("WhatId", ("Opportunity", "Account"), "What", label="Related To ID"),
+            _ref("WhoId", "Contact", "Who", label="Name ID"),
+            _ref("OwnerId", "User", "Owner", label="Assigned To ID", required=True),
+            _f("Subject", "string", length=255),
+            _f("Description", "textarea", length=32000),
+            _f("StartDateTime", "datetime", label="Start Date Time", required=True),
+            _f("EndDateTime", "datetime", label="End Date Time", required=True),
+            # Salesforce has no standard outcome on Event: orgs add a picklist like this one.
+            _f(EVENT_OUTCOME_FIELD, "picklist", label="Outcome", length=255,
+               picklist_values=("Completed", "No Show", "Canceled", "Rescheduled")),
+        ),
+        _sobject(
+            "EmailMessage", "02s", "Email Messages",
+            _ref("RelatedToId", ("Opportunity", "Account"), "RelatedTo", label="Related To ID"),
+            _f("Subject", "string", length=3000),
+            _f("TextBody", "textarea", label="Text Body", length=32000),
+            _f("Incoming", "boolean", label="Is Incoming"),
+            _f("MessageDate", "datetime", label="Message Date"),
+            _f("FromAddress", "string", label="From Address", length=1000),
+            _f("ToAddress", "string", label="To Address", length=4000),
+            # 0 New, 1 Read, 2 Replied, 3 Sent, 4 Forwarded, 5 Draft.
+            _f("Status", "picklist", length=40, picklist_values=_EMAIL_STATUSES,
+               restricted=True, required=True),
+            # An email has no owner: who logged or sent it is its creator.
+            _ref("CreatedById", "User", "CreatedBy", label="Created By ID", writable=False),
         ),
     )
 }  # fmt: skip
@@ -494,6 +538,12 @@ class SandboxStore:
             changed = not before or before.get("StageName") != stage
             if changed and "LastStageChangeDate" not in columns:
                 columns["LastStageChangeDate"] = stamp
+        if sobject.name == "Task" and "Status" in columns and "CompletedDateTime" not in columns:
+            closed = columns["Status"] == "Completed"
+            if not closed:
+                columns["CompletedDateTime"] = None
+            elif not before or before.get("Status") != "Completed":
+                columns["CompletedDateTime"] = stamp
 
     def _new_row(
         self, sdef: SObjectDef, fields: Mapping[str, Any], modstamp: datetime | None
