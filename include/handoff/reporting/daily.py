@@ -107,6 +107,14 @@ def time_to_metrics(metrics: Metrics, settings: Settings) -> tuple[TimeToMetric,
         )
     due, done = int(frame["steps_due"].sum()), int(frame["steps_done"].sum())
     completion = round(100 * done / due, 1) if due else None
+    # Share of deals (with steps due) whose own completion meets the target.
+    with_steps = frame[frame["steps_due"] > 0] if len(frame) else frame
+    per_deal = with_steps["steps_done"] / with_steps["steps_due"] if len(with_steps) else None
+    share = (
+        round(float((per_deal >= digest.milestone_completion).mean()), 4)
+        if per_deal is not None
+        else None
+    )
     rows.append(
         TimeToMetric(
             "milestones",
@@ -115,8 +123,8 @@ def time_to_metrics(metrics: Metrics, settings: Settings) -> tuple[TimeToMetric,
             "%",
             round(100 * digest.milestone_completion, 1),
             ">",
-            None if not due else float(completion >= 100 * digest.milestone_completion),
-            due,
+            share,
+            len(with_steps),
             0,
         )
     )
