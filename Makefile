@@ -29,8 +29,11 @@ demo: setup
 demo-reset: setup
 	$(BIN)/handoff demo --reset
 
+# Two workers on CI's two cores (one per core elsewhere); each test file stays on one worker, so
+# its browser or server fixtures start once. Tests are independent: their own Airflow home,
+# temp folders, free ports and PostgreSQL databases.
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist loadfile
 
 setup: .airflow/.migrated
 
