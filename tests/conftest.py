@@ -142,6 +142,14 @@ def settings(tmp_path, monkeypatch):
     return load_settings()
 
 
+@pytest.fixture
+def flagged(settings):
+    """The tests' settings with the red-flag steps on (off in the tests' configuration)."""
+    return settings.model_copy(
+        update={"red_flags": settings.red_flags.model_copy(update={"enabled": True})}
+    )
+
+
 FULL_PLAYBOOK = ROOT / "tests" / "config" / "playbook_90_days.toml"
 
 

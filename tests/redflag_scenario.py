@@ -10,13 +10,34 @@ import pandas as pd
 
 from handoff.crm.base import ACTIVITY_COLUMNS
 from handoff.models import Contact, Person
-from handoff.sandbox.histories import HISTORY_CASES
+from handoff.sandbox.histories import HISTORY_CASES, SeedActivity
 from handoff.state.redflag_store import RedFlagStore
 from tests.builders import CSM, HANDOFF_DOC, REP, make_deal, save_snapshot
 
 ACCOUNT_OWNER = Person(
     id="005000000000009AAA", name="Morgan Accounts", email="morgan@seller.example"
 )
+
+
+def activity_frame(
+    deal_id: str, items: list[SeedActivity], source: str = "salesforce"
+) -> pd.DataFrame:
+    """A deal's history as a connector yields it (the CSM owns what is ours)."""
+    rows = [
+        {
+            "activity_id": f"{deal_id}-{a.key}", "deal_id": deal_id, "kind": a.kind,
+            "direction": a.direction, "occurred_at": a.at, "outcome": a.outcome,
+            "subject": a.subject, "snippet": a.body[:500],
+            "owner_id": None if a.direction == "inbound" else CSM.id,
+            "handoff_key": f"{source}:{deal_id}:{a.step}" if a.step else None,
+            "is_deleted": False, "modstamp": a.modstamp,
+        }
+        for a in items
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=ACTIVITY_COLUMNS)
+    for column in ("occurred_at", "modstamp"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    return frame
 
 
 def case_deal_id(index: int) -> str:
@@ -57,27 +78,8 @@ def load_cases(store, today: date, source: str = "salesforce") -> dict[str, str]
             source, won - timedelta(minutes=1), won + timedelta(minutes=1), "run-0"
         )
         ids[case.deal] = deal_id
-        rows = [
-            {
-                "activity_id": f"{deal_id}-{a.key}",
-                "deal_id": deal_id,
-                "kind": a.kind,
-                "direction": a.direction,
-                "occurred_at": a.at,
-                "outcome": a.outcome,
-                "subject": a.subject,
-                "snippet": a.body[:500],
-                "owner_id": None if a.direction == "inbound" else CSM.id,
-                "handoff_key": f"{source}:{deal_id}:{a.step}" if a.step else None,
-                "is_deleted": False,
-                "modstamp": a.modstamp,
-            }
-            for a in case.history(won)
-        ]
-        frames.append(pd.DataFrame(rows, columns=ACTIVITY_COLUMNS))
+        frames.append(activity_frame(deal_id, case.history(won), source))
     frame = pd.concat(frames, ignore_index=True)
-    for column in ("occurred_at", "modstamp"):
-        frame[column] = pd.to_datetime(frame[column], utc=True)
     RedFlagStore(store).save_activities(source, frame)
     return ids
 

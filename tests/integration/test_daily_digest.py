@@ -21,13 +21,6 @@ TODAY = date(2026, 12, 4)
 
 
 @pytest.fixture
-def flagged(settings):
-    return settings.model_copy(
-        update={"red_flags": settings.red_flags.model_copy(update={"enabled": True})}
-    )
-
-
-@pytest.fixture
 def digest_day(state, flagged):
     """The cases onboarded the day before the digest, their flags raised at noon."""
     load_cases(state, TODAY)

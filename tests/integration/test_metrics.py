@@ -22,13 +22,6 @@ TODAY = date(2026, 12, 4)
 
 
 @pytest.fixture
-def flagged(settings):
-    return settings.model_copy(
-        update={"red_flags": settings.red_flags.model_copy(update={"enabled": True})}
-    )
-
-
-@pytest.fixture
 def measured(store, flagged):
     ids = load_cases(store, TODAY)
     evaluate_red_flags(store, flagged, "salesforce", "run-1", noon(TODAY))

@@ -25,13 +25,6 @@ from tests.builders import CONTACT, REP, SandboxOrg, make_deal, save_snapshot
 WON = datetime(2026, 11, 2, 15, tzinfo=UTC)  # a Monday, 10:00 in New York
 
 
-@pytest.fixture
-def flagged(settings):
-    return settings.model_copy(
-        update={"red_flags": settings.red_flags.model_copy(update={"enabled": True})}
-    )
-
-
 def onboard(store, deal) -> None:
     save_snapshot(store, deal)
     window_end = deal.won_at + timedelta(minutes=1)

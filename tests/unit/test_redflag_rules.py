@@ -17,37 +17,15 @@ from handoff.config import RedFlagSettings
 from handoff.crm.base import ACTIVITY_COLUMNS
 from handoff.redflags.clock import business_hours_between
 from handoff.redflags.rules import FLAG_COLUMNS, SEVERITY, RuleInput, evaluate
-from handoff.sandbox.histories import HISTORY_CASES, SeedActivity, healthy_history
+from handoff.sandbox.histories import HISTORY_CASES, healthy_history
+from tests.builders import CSM
+from tests.redflag_scenario import activity_frame
 
 WINDOW = SendingWindow()
 NEW_YORK = "America/New_York"
 # A week of seed days (every weekday), around a US holiday (Thanksgiving, 26 Nov 2026).
 SEED_DAYS = [date(2026, 11, 30) + timedelta(days=n) for n in range(7)] + [date(2026, 11, 27)]
 HOURS = [time(0, 30), time(12), time(23, 30)]
-
-
-def activity_frame(deal_id: str, items: list[SeedActivity]) -> pd.DataFrame:
-    rows = [
-        {
-            "activity_id": f"{deal_id}-{a.key}",
-            "deal_id": deal_id,
-            "kind": a.kind,
-            "direction": a.direction,
-            "occurred_at": a.at,
-            "outcome": a.outcome,
-            "subject": a.subject,
-            "snippet": a.body[:500],
-            "owner_id": None if a.direction == "inbound" else "csm-1",
-            "handoff_key": f"salesforce:{deal_id}:{a.step}" if a.step else None,
-            "is_deleted": False,
-            "modstamp": a.modstamp,
-        }
-        for a in items
-    ]
-    frame = pd.DataFrame(rows, columns=ACTIVITY_COLUMNS)
-    for column in ("occurred_at", "modstamp"):
-        frame[column] = pd.to_datetime(frame[column], utc=True)
-    return frame
 
 
 def deal_row(deal_id: str, won_at: datetime, missing=(), scope_change=False) -> dict:
@@ -58,7 +36,7 @@ def deal_row(deal_id: str, won_at: datetime, missing=(), scope_change=False) -> 
         "country": "US",
         "owner_id": "rep-1",
         "owner_name": "Alex Kim",
-        "csm_id": "csm-1",
+        "csm_id": CSM.id,
         "csm_name": "Maria Lopez",
         "missing_doc": list(missing),
         "scope_change": scope_change,

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import and_, select
 
 from handoff.client_locale import SendingWindow
 from handoff.config import Settings
@@ -24,7 +23,6 @@ from handoff.redflags.rules import TITLES, RuleInput, evaluate
 from handoff.redflags.steps import rule_deals
 from handoff.schedule import Plan, _conditions, _deals_frame, steps_frame
 from handoff.state.redflag_store import RedFlagStore
-from handoff.state.schema import deals, onboarding
 from handoff.state.store import StateStore
 
 
@@ -57,33 +55,6 @@ class Backtest:
         }
 
 
-def _history(store: StateStore, source: str, won_after: datetime) -> pd.DataFrame:
-    query = (
-        select(
-            onboarding.c.deal_id,
-            onboarding.c.won_at,
-            onboarding.c.stopped_at,
-            onboarding.c.adopted_at,
-            deals.c.modstamp,
-            deals.c.record,
-        )
-        .select_from(onboarding)
-        .join(
-            deals,
-            and_(deals.c.source == onboarding.c.source, deals.c.deal_id == onboarding.c.deal_id),
-        )
-        .where(onboarding.c.source == source, onboarding.c.won_at >= won_after)
-    )
-    with store.engine.connect() as conn:
-        rows = conn.execute(query).all()
-    frame = pd.DataFrame(
-        rows, columns=["deal_id", "won_at", "stopped_at", "adopted_at", "modstamp", "record"]
-    )
-    for column in ("won_at", "stopped_at", "adopted_at", "modstamp"):
-        frame[column] = pd.to_datetime(frame[column], utc=True)
-    return frame
-
-
 def run_backtest(
     store: StateStore,
     settings: Settings,
@@ -95,7 +66,8 @@ def run_backtest(
     """Replay ``days`` before ``end``, one evaluation every ``every``; nothing is written."""
     start = end - timedelta(days=days)
     horizon = timedelta(days=settings.plan.horizon_days)
-    history = _history(store, source, start - horizon)
+    history = RedFlagStore(store).onboarding_deals(source, start - horizon, active_only=False)
+    history = history.drop(columns=["status"])
     facts = rule_deals(history[["deal_id", "won_at", "record"]], settings)
     facts = facts.merge(history[["deal_id", "stopped_at"]], on="deal_id")
     activities = RedFlagStore(store).activities_of(source, facts["deal_id"].tolist())

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import and_, delete, select
+from sqlalchemy import delete, select
 
 from handoff.client_locale import SendingWindow
 from handoff.config import Settings
@@ -30,7 +30,7 @@ from handoff.redflags.clock import business_hours_between
 from handoff.redflags.escalation import is_escalation
 from handoff.redflags.rules import RuleInput, classify_activities
 from handoff.state.redflag_store import RedFlagStore
-from handoff.state.schema import deal_metrics, deals, flags, onboarding, outbox
+from handoff.state.schema import deal_metrics, flags, outbox
 from handoff.state.store import StateStore
 
 COHORT_WEEKS = 13  # the 90-day picture: every signature week still inside or just past it
@@ -49,7 +49,8 @@ def compute_metrics(
 ) -> pd.DataFrame:
     """Per-deal metrics of one source as of ``as_of`` (the onboardings of the last 13 weeks)."""
     since = as_of - timedelta(weeks=COHORT_WEEKS)
-    rows = _onboardings(store, source, since)
+    rows = RedFlagStore(store).onboarding_deals(source, since, active_only=False)
+    rows = rows[["deal_id", "status", "won_at", "record"]]
     if rows.empty:
         return pd.DataFrame(columns=DEAL_METRIC_COLUMNS)
     people = [_deal_facts(record, settings) for record in rows["record"]]
@@ -96,21 +97,6 @@ def compute_metrics(
     local_day = frame["won_at"].dt.tz_convert("UTC").dt.normalize()
     frame["cohort_week"] = (local_day - pd.to_timedelta(local_day.dt.day_of_week, unit="D")).dt.date
     return frame[DEAL_METRIC_COLUMNS].sort_values(["won_at", "deal_id"], ignore_index=True)
-
-
-def _onboardings(store: StateStore, source: str, since: datetime) -> pd.DataFrame:
-    query = (
-        select(onboarding.c.deal_id, onboarding.c.status, onboarding.c.won_at, deals.c.record)
-        .select_from(onboarding)
-        .join(
-            deals,
-            and_(deals.c.source == onboarding.c.source, deals.c.deal_id == onboarding.c.deal_id),
-        )
-        .where(onboarding.c.source == source, onboarding.c.won_at >= since)
-    )
-    with store.engine.connect() as conn:
-        rows = conn.execute(query).all()
-    return pd.DataFrame(rows, columns=["deal_id", "status", "won_at", "record"])
 
 
 def _deal_facts(record: dict[str, Any], settings: Settings) -> dict[str, Any]:

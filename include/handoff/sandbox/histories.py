@@ -388,7 +388,8 @@ def healthy_history(
             week += 1
     else:
         span = max(until - won_at, _d(1))
-        log.done_task(min(_d(10), span * 0.5), "First visible win", "first_visible_win")
+        if span > _d(8):  # a first win is logged in the second week, never in the first
+            log.done_task(min(_d(10), span * 0.5 + _d(4)), "First visible win", "first_visible_win")
         pairs = max(0, (count - len(log.items) + 1) // 2)
         for pair in range(pairs):
             at = span * ((pair + 1) / (pairs + 1))

@@ -103,10 +103,14 @@ class RedFlagStore:
     def watermark(self, source: str, stream: str) -> datetime | None:
         return self.store.get_watermark(source, f"activities:{stream}")
 
-    def onboarding_deals(self, source: str, won_after: datetime) -> pd.DataFrame:
-        """Active onboardings won after ``won_after``, with their latest deal snapshot."""
+    def onboarding_deals(
+        self, source: str, won_after: datetime, *, active_only: bool = True
+    ) -> pd.DataFrame:
+        """Onboardings won after ``won_after`` (active ones, or all), with their latest deal
+        snapshot: deal_id, status, won_at, stopped_at, adopted_at, modstamp, record."""
+        columns = ["deal_id", "status", "won_at", "stopped_at", "adopted_at"]
         query = (
-            select(onboarding.c.deal_id, onboarding.c.won_at, deals.c.record)
+            select(*(onboarding.c[c] for c in columns), deals.c.modstamp, deals.c.record)
             .select_from(onboarding)
             .join(
                 deals,
@@ -114,16 +118,17 @@ class RedFlagStore:
                     deals.c.source == onboarding.c.source, deals.c.deal_id == onboarding.c.deal_id
                 ),
             )
-            .where(
-                onboarding.c.source == source,
-                onboarding.c.status == "active",
-                onboarding.c.won_at >= won_after,
-            )
+            .where(onboarding.c.source == source, onboarding.c.won_at >= won_after)
             .order_by(onboarding.c.deal_id)
         )
+        if active_only:
+            query = query.where(onboarding.c.status == "active")
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        return pd.DataFrame(rows, columns=["deal_id", "won_at", "record"])
+        frame = pd.DataFrame(rows, columns=[*columns, "modstamp", "record"])
+        for column in ("won_at", "stopped_at", "adopted_at", "modstamp"):
+            frame[column] = pd.to_datetime(frame[column], utc=True)
+        return frame
 
     def activities_of(self, source: str, deal_ids: Sequence[str]) -> pd.DataFrame:
         """The stored activities of these deals (deleted ones left out), one frame."""
