@@ -402,6 +402,42 @@ def test_deals_are_read_in_batches_each_well_within_salesforce_limits(crm, sandb
         assert uri < 14_000, f"{stream}: the largest batch's URI is {uri} bytes"
 
 
+def test_an_hours_changes_for_many_deals_are_one_query_over_the_org(crm, sandbox) -> None:
+    """Incremental reads for more deals than one batch: one window query per stream (a page
+    per 2,000 records), filtered to the given deals and their contacts, not one per 200 deals."""
+    deals = bulk_org(sandbox.store, 700)
+    owner = sandbox.store.insert("User", {"LastName": "Csm", "IsActive": True})
+    first, last = sorted(deals)[0], sorted(deals)[-1]
+    since = UNTIL - timedelta(hours=1)
+    on_deal = sandbox.store.insert(
+        "Task", {"WhatId": first, "OwnerId": owner, "Subject": "Changed"},
+        modstamp=UNTIL - timedelta(minutes=30),
+    )  # fmt: skip
+    on_contact = sandbox.store.insert(
+        "Task", {"WhoId": deals[last], "OwnerId": owner, "Subject": "Call"},
+        modstamp=UNTIL - timedelta(minutes=20),
+    )  # fmt: skip
+    other = sandbox.store.insert("Opportunity", {"Name": "Not ours", "StageName": "Prospecting",
+                                                 "CloseDate": "2026-12-31"})  # fmt: skip
+    sandbox.store.insert(
+        "Task", {"WhatId": other, "OwnerId": owner, "Subject": "Someone else's"},
+        modstamp=UNTIL - timedelta(minutes=10),
+    )  # fmt: skip
+    sandbox.store.insert(
+        "Task", {"WhatId": first, "OwnerId": owner, "Subject": "Before the window"},
+        modstamp=since - timedelta(minutes=1),
+    )  # fmt: skip
+    for stream in STREAMS:
+        calls = crm.api_calls
+        read(crm, stream, deals, since, UNTIL)
+        assert crm.api_calls - calls == 1, stream
+    tasks = read(crm, "Task", deals, since, UNTIL)
+    assert Counter(zip(tasks["activity_id"], tasks["deal_id"], strict=True)) == {
+        (on_deal, first): 1,
+        (on_contact, last): 1,
+    }
+
+
 def test_a_larger_batch_would_not_fit_in_the_uri_salesforce_reads(crm, sandbox, monkeypatch):
     deals = bulk_org(sandbox.store, 300)
     monkeypatch.setattr(connector, "ACTIVITY_CHUNK", 300)

@@ -135,7 +135,8 @@ def evaluate_red_flags(
     flags_store = RedFlagStore(store)
     onboarding = flags_store.onboarding_deals(source, window_start(settings, window_end))
     deals = rule_deals(onboarding, settings)
-    activities = flags_store.activities_of(source, deals["deal_id"].tolist())
+    recent = window_end - timedelta(days=settings.red_flags.scope_creep_days)
+    activities = flags_store.activities_of(source, deals["deal_id"].tolist(), snippets_from=recent)
     window = SendingWindow(settings.email.window_start, settings.email.window_end)
     found = evaluate(RuleInput(deals, activities, window_end, settings.red_flags, window))
     rules_ms = (time.perf_counter() - started) * 1000
@@ -158,16 +159,31 @@ def evaluate_red_flags(
     is_new = [key not in open_keys for key in zip(found["deal_id"], found["code"], strict=True)]
     fresh = found.loc[pd.Series(is_new, index=found.index, dtype=bool)]
     episodes = flags_store.last_episodes(source, fresh["deal_id"].unique().tolist())
+    # Clients adopted at install are taken as found: what is wrong with them on the first look
+    # is recorded and listed in the digest, not escalated one by one (an install in a large org
+    # would otherwise send thousands of notes at once). Anything new after that escalates.
+    previous = datetime.fromisoformat(latest) if latest else None
+    adopted = onboarding.set_index("deal_id")["adopted_at"]
+    first_look = {
+        deal_id
+        for deal_id, at in adopted.items()
+        if pd.notna(at) and (previous is None or at > previous)
+    }
     raised = []
     for row in fresh.itertuples():
         episode = episodes.get((row.deal_id, row.code), 0) + 1
         flag = {"code": row.code, "severity": row.severity, "reason": row.reason}
-        actions = escalation_actions(
-            source, row.deal_id, labels[row.deal_id], flag, episode, window_end
-        )
+        actions = []
+        if row.deal_id not in first_look:
+            actions = escalation_actions(
+                source, row.deal_id, labels[row.deal_id], flag, episode, window_end
+            )
         raised.append((NewFlag(row.deal_id, row.code, row.severity, row.reason, actions), episode))
     new, rows = flags_store.apply(source, run_id, window_end, raised, resolved, updated)
     store.set_meta(EVALUATED_META + source, window_end.isoformat())
+    as_found = sum(1 for flag, _ in raised if not flag.escalation)
+    if as_found:
+        log.info("%s flags on clients adopted at install taken as found (not escalated)", as_found)
     for new_flag, episode in raised:
         log.warning(
             "Red flag %s (episode %s) on %s: %s",
@@ -181,6 +197,7 @@ def evaluate_red_flags(
         "flags_resolved": len(resolved),
         "flags_open": len(open_now) - len(resolved) + new,
         "escalations_planned": rows,
+        "taken_as_found": as_found,
         "deals_evaluated": len(deals),
         "activities_evaluated": len(activities),
         "rules_ms": round(rules_ms, 1),

@@ -57,7 +57,8 @@ def compute_metrics(
     frame = pd.concat([rows.drop(columns=["record"]), pd.DataFrame(people)], axis=1)
     frame["won_at"] = pd.to_datetime(frame["won_at"], utc=True)
     flag_store = RedFlagStore(store)
-    activities = flag_store.activities_of(source, frame["deal_id"].tolist())
+    # No rule here reads a body: leave the snippets in the store.
+    activities = flag_store.activities_of(source, frame["deal_id"].tolist(), snippets_from=as_of)
     rules = settings.red_flags
     window = SendingWindow(settings.email.window_start, settings.email.window_end)
     acts = classify_activities(

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 from more_itertools import chunked
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 
 from handoff.models import PlannedAction
 from handoff.state.schema import activities, activity_coverage, deals, flags, onboarding
@@ -130,9 +130,31 @@ class RedFlagStore:
             frame[column] = pd.to_datetime(frame[column], utc=True)
         return frame
 
-    def activities_of(self, source: str, deal_ids: Sequence[str]) -> pd.DataFrame:
-        """The stored activities of these deals (deleted ones left out), one frame."""
+    def activities_of(
+        self, source: str, deal_ids: Sequence[str], *, snippets_from: datetime | None = None
+    ) -> pd.DataFrame:
+        """The stored activities of these deals (deleted ones left out), one frame.
+
+        Body snippets are what scope-creep phrases are searched in and the bulk of the memory:
+        with ``snippets_from`` only those of the client's mail and of notes since then are read
+        (the rule's window), the others come back empty.
+        """
         columns = [activities.c[name] for name in ACTIVITY_FIELDS if name != "is_deleted"]
+        if snippets_from is not None:
+            wanted = and_(
+                activities.c.occurred_at >= snippets_from,
+                or_(
+                    and_(activities.c.direction == "inbound", activities.c.kind == "email"),
+                    activities.c.kind == "note",
+                ),
+            )
+            columns = [
+                case((wanted, activities.c.snippet), else_=None).label("snippet")
+                if c.name == "snippet"
+                else c
+                for c in columns
+            ]
+        names = [c.name for c in columns]
         frames = []
         with self.engine.connect() as conn:
             for chunk in chunked(list(deal_ids), 1000):
@@ -141,10 +163,7 @@ class RedFlagStore:
                     activities.c.deal_id.in_(chunk),
                     activities.c.is_deleted.is_(False),
                 )
-                frames.append(
-                    pd.DataFrame(conn.execute(query).all(), columns=[c.name for c in columns])
-                )
-        names = [c.name for c in columns]
+                frames.append(pd.DataFrame(conn.execute(query).all(), columns=names))
         frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=names)
         for column in ("occurred_at", "modstamp"):
             frame[column] = pd.to_datetime(frame[column], utc=True)
@@ -212,6 +231,7 @@ class RedFlagStore:
                     "status": "open",
                     "severity": flag.severity,
                     "reason": flag.reason,
+                    "escalated": bool(flag.escalation),
                     "raised_at": at,
                     "raised_run": run_id,
                     "updated_at": now,

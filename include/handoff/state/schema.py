@@ -241,6 +241,8 @@ flags = Table(
     Column("status", String(16), nullable=False),  # open | resolved
     Column("severity", String(16), nullable=False),
     Column("reason", Text, nullable=False),
+    # False: found on a client adopted at install and taken as found (listed, not escalated).
+    Column("escalated", Boolean, nullable=False, default=True),
     Column("raised_at", UtcDateTime, nullable=False),
     Column("raised_run", String(250), nullable=False),
     Column("resolved_at", UtcDateTime, nullable=True),

@@ -55,6 +55,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("severity", sa.String(length=16), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("escalated", sa.Boolean(), nullable=False),
         sa.Column("raised_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("raised_run", sa.String(length=250), nullable=False),
         sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True),
