@@ -138,7 +138,10 @@ def classify_activities(data: RuleInput) -> pd.DataFrame:
     as_of = pd.Timestamp(data.as_of)
     past = acts["occurred_at"] <= as_of
     kind, direction, outcome = acts["kind"], acts["direction"], acts["outcome"]
-    step = acts["handoff_key"].astype(object).fillna("").str.rsplit(":", n=1).str[-1]
+    # Text work only where it can matter (a few rows of the hundreds of thousands).
+    keyed = acts["handoff_key"].notna()
+    step = pd.Series("", index=acts.index, dtype=object)
+    step[keyed] = acts.loc[keyed, "handoff_key"].astype(str).str.rsplit(":", n=1).str[-1]
     meeting = kind == "meeting"
     unlogged = outcome.isna() & s.unlogged_past_meetings_held
     acts["held"] = meeting & past & ((outcome == "completed") | unlogged)
@@ -153,19 +156,28 @@ def classify_activities(data: RuleInput) -> pd.DataFrame:
     )
     acts["client_touch"] = past & ((direction == "inbound") | acts["held"] | call_done)
     acts["outreach"] = past & (direction == "outbound") & (kind == "email")
-    subject = acts["subject"].astype(object).fillna("")
-    acts["kickoff"] = (acts["held"] & _matches(subject, s.kickoff_phrases)) | (
+
+    def phrase_in_subject(rows: pd.Series, phrases: list[str]) -> pd.Series:
+        found = pd.Series(False, index=acts.index)
+        found[rows] = _matches(acts.loc[rows, "subject"], phrases)
+        return found
+
+    acts["kickoff"] = phrase_in_subject(acts["held"], s.kickoff_phrases) | (
         completed_task & step.isin(s.kickoff_steps)
     )
-    logged_win = (completed_task | ((kind == "note") & past)) & _matches(
-        subject, s.milestone_phrases
+    logged = completed_task | ((kind == "note") & past)
+    acts["milestone"] = phrase_in_subject(logged, s.milestone_phrases) | (
+        completed_task & step.isin(s.milestone_steps)
     )
-    acts["milestone"] = logged_win | (completed_task & step.isin(s.milestone_steps))
     client_words = past & (((direction == "inbound") & (kind == "email")) | (kind == "note"))
-    text = (subject + "\n" + acts["snippet"].astype(object).fillna("")).str.replace(
-        _QUOTED, "", regex=True
-    )
-    acts["scope_text"] = text.where(client_words, "")
+    words = acts.loc[client_words]
+    text = (
+        words["subject"].astype(object).fillna("")
+        + "\n"
+        + words["snippet"].astype(object).fillna("")
+    ).str.replace(_QUOTED, "", regex=True)
+    acts["scope_text"] = ""
+    acts.loc[client_words, "scope_text"] = text
     return acts
 
 
