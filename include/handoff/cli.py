@@ -435,6 +435,23 @@ def preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def status(args: argparse.Namespace) -> int:
+    """``handoff status``: what is due, held, failed and flagged, per source (read-only)."""
+    from handoff.state import StateStore
+    from handoff.status import format_status, store_status
+
+    if (settings := _settings_or_none()) is None:
+        return 2
+    store = StateStore(settings.state.url)
+    try:
+        store.check_schema()
+        result = store_status(store, settings, datetime.now(UTC))
+    finally:
+        store.dispose()
+    print(json.dumps(result, default=str, indent=2) if args.json else format_status(result))
+    return 0
+
+
 def digest(args: argparse.Namespace) -> int:
     """``handoff digest``: the metrics and the digest of a day, sent once."""
     code, page = run_digest_dag(args.date, verbose=args.verbose)
@@ -528,6 +545,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--at", type=_moment, help="the end of the replay (default: now)")
     replay.add_argument("--out", type=Path, help="the folder for flags.csv and steps.csv")
 
+    state = commands.add_parser(
+        "status", help="what is due, held, failed and flagged, per source (changes nothing)"
+    )
+    state.add_argument("--json", action="store_true", help="print it as JSON")
+
     daily = commands.add_parser(
         "digest", help="metrics and the RevOps digest now (one run of the handoff_digest DAG)"
     )
@@ -596,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         "preview": lambda: preview(args),
         "backtest": lambda: backtest(args),
         "digest": lambda: digest(args),
+        "status": lambda: status(args),
         "db": lambda: upgrade_store(args),
         "demo": lambda: run_demo(args),
         "sandbox": lambda: _serve_sandbox(args),
