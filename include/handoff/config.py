@@ -345,6 +345,8 @@ class RedFlagSettings(_Section):
     # A meeting in the past whose outcome nobody logged counts as held (most CRMs leave the
     # outcome empty for a meeting that simply happened).
     unlogged_past_meetings_held: bool = True
+    # Severity by rule over the built-in ones, e.g. { scope_creep = "high" }.
+    severity: dict[str, Literal["high", "medium", "low"]] = {}
     # A new flag: a high-priority task for the account owner (else the rep), due in this many
     # days, and one internal email to these leaders. Never a client address.
     owner_task_due_days: int = Field(1, ge=0)

@@ -15,6 +15,7 @@ import pytest
 from handoff.client_locale import SendingWindow
 from handoff.config import RedFlagSettings
 from handoff.crm.base import ACTIVITY_COLUMNS
+from handoff.errors import ConfigError
 from handoff.redflags.clock import business_hours_between
 from handoff.redflags.rules import FLAG_COLUMNS, SEVERITY, RuleInput, evaluate
 from handoff.sandbox.histories import HISTORY_CASES, healthy_history
@@ -193,3 +194,19 @@ def test_the_business_clock(start: str, end: str, hours: float) -> None:
         WINDOW,
     )
     assert got.iloc[0] == pytest.approx(hours)
+
+
+def test_severities_are_settings_and_a_misspelt_rule_is_refused() -> None:
+    today = date(2026, 12, 4)
+    deals, activities = scenario(today)
+    as_of = datetime.combine(today, time(12), tzinfo=UTC)
+    raised = RedFlagSettings(severity={"scope_creep": "high"})
+    found = evaluate(RuleInput(deals, activities, as_of, raised, WINDOW))
+    assert set(found.loc[found["code"] == "scope_creep", "severity"]) == {"high"}
+    assert set(found.loc[found["code"] == "no_first_win", "severity"]) == {"medium"}
+    with pytest.raises(ConfigError, match="scope_crep"):
+        evaluate(
+            RuleInput(
+                deals, activities, as_of, RedFlagSettings(severity={"scope_crep": "high"}), WINDOW
+            )
+        )

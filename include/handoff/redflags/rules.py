@@ -31,6 +31,7 @@ import pandas as pd
 
 from handoff.client_locale import SendingWindow
 from handoff.config import RedFlagSettings
+from handoff.errors import ConfigError
 from handoff.planning import HANDOFF_DOC_LABELS
 from handoff.redflags.clock import business_hours_between
 
@@ -107,7 +108,13 @@ def evaluate(data: RuleInput) -> pd.DataFrame:
         if any(not f.empty for f in found)
         else pd.DataFrame(columns=["deal_id", "code", "reason"])
     )
-    flags["severity"] = flags["code"].map(SEVERITY)
+    unknown = set(data.settings.severity) - set(SEVERITY)
+    if unknown:
+        raise ConfigError(
+            f"[red_flags].severity names rules that do not exist: {sorted(unknown)} "
+            f"(known: {', '.join(SEVERITY)})"
+        )
+    flags["severity"] = flags["code"].map({**SEVERITY, **data.settings.severity})
     return flags[FLAG_COLUMNS].sort_values(["deal_id", "code"], ignore_index=True)
 
 
