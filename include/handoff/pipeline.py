@@ -765,7 +765,9 @@ def _send_one(store, run, settings: Settings, mailing: _Mailing, row, counts) ->
         counts["emails_unconfirmed"] += 1
         # The connection is gone: the rest of the batch goes back and the retry goes on.
         raise TransientMailError(f"the SMTP connection dropped while sending {key}") from exc
-    # The server accepted the message: this row is never released again.
+    # The server accepted the message: this row is never released again. Its subject is kept,
+    # so a CRM's logged copy of it is not taken for a person's outreach (red flags).
+    row = replace(row, payload={**row.payload, "subject": rendered.subject})
     _record_sent(store, run, row, mail.message, refused, counts)
     try:
         write_copy(mail, mailing.folder, f"{safe_name(row.deal_id)}-{row.step}")

@@ -251,3 +251,19 @@ def test_a_note_never_goes_to_a_client_or_outside_address(
     notices = [r for r in state.actions() if r["kind"] == ActionKind.EMAIL]
     assert {r["status"] for r in notices} == {ActionStatus.SKIPPED}
     assert all(refused in r["reason"] and notify[0] in r["reason"] for r in notices)
+
+
+def test_the_subject_of_each_sent_email_is_kept_for_the_rules(store, settings, smtp_sink):
+    """On SQLite and PostgreSQL alike: what the SMTP server accepted, by deal and subject."""
+    from tests.builders import plan_steps
+
+    deal = make_deal()
+    plan_steps(store, deal, "welcome_email")
+    transport = partial(smtp_transport, smtp_sink.host, smtp_sink.port, timeout=10)
+    run = RunContext("run-1", datetime(2100, 1, 1, tzinfo=UTC), "dag/run-1/send_emails")
+    assert send_emails(store, settings, transport, run, source="salesforce")["emails_sent"] == 1
+    sent = RedFlagStore(store).sent_subjects("salesforce", [deal.deal_id])
+    (mail,) = smtp_sink.messages
+    assert sent.to_dict("records") == [
+        {"deal_id": deal.deal_id, "subject": mail.message["Subject"]}
+    ]

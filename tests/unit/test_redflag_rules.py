@@ -18,7 +18,7 @@ from handoff.crm.base import ACTIVITY_COLUMNS
 from handoff.errors import ConfigError
 from handoff.redflags.clock import business_hours_between
 from handoff.redflags.rules import FLAG_COLUMNS, SEVERITY, RuleInput, evaluate
-from handoff.sandbox.histories import HISTORY_CASES, healthy_history
+from handoff.sandbox.histories import HISTORY_CASES, SeedActivity, healthy_history
 from tests.builders import CSM
 from tests.redflag_scenario import activity_frame
 
@@ -210,3 +210,31 @@ def test_severities_are_settings_and_a_misspelt_rule_is_refused() -> None:
                 deals, activities, as_of, RedFlagSettings(severity={"scope_crep": "high"}), WINDOW
             )
         )
+
+
+def test_our_own_emails_logged_in_the_crm_are_not_a_persons_outreach() -> None:
+    """An org that logs the playbook's emails in its CRM: a weekly check-in (which needs no
+    answer) is not outreach the client failed to answer, and the executive's automated
+    welcome is not customer success's first contact."""
+    won = datetime(2026, 11, 2, 15, tzinfo=UTC)  # a Monday
+    items = [
+        SeedActivity("a1", "email", "outbound", won + timedelta(minutes=5), None,
+                     "Welcome to Handoff Demo Inc."),
+        SeedActivity("a2", "email", "outbound", won + timedelta(days=7), None,
+                     "Week 1: one question"),
+    ]  # fmt: skip
+    deals = pd.DataFrame([deal_row("d1", won)])
+    deals["won_at"] = pd.to_datetime(deals["won_at"], utc=True)
+    activities = activity_frame("d1", items)
+    as_of = won + timedelta(days=12)
+    blind = evaluate(RuleInput(deals, activities, as_of, RedFlagSettings(), WINDOW))
+    assert set(blind["code"]) >= {"slow_client_response"}
+    sent = pd.DataFrame(
+        {
+            "deal_id": ["d1", "d1"],
+            "subject": ["Welcome to Handoff Demo Inc.", "week 1: ONE question"],
+        }
+    )
+    aware = evaluate(RuleInput(deals, activities, as_of, RedFlagSettings(), WINDOW, sent))
+    assert "slow_client_response" not in set(aware["code"])
+    assert "no_first_contact" in set(aware["code"])

@@ -83,6 +83,9 @@ class RuleInput:
     as_of: datetime
     settings: RedFlagSettings
     window: SendingWindow
+    # The playbook's own emails as sent (deal_id, subject): an org that logs them in the CRM
+    # (a BCC address, an email integration) must not see them as a person's outreach.
+    sent: pd.DataFrame | None = None
 
 
 def evaluate(data: RuleInput) -> pd.DataFrame:
@@ -156,13 +159,14 @@ def classify_activities(data: RuleInput) -> pd.DataFrame:
     acts["booked"] = meeting & ~past & ~outcome.isin(["cancelled", "no_show"])
     completed_task = (kind == "task") & (outcome == "completed") & past
     call_done = (kind == "call") & (outcome == "completed") & past
+    ours = _sent_by_us(acts, data.sent) & (kind == "email") & (direction == "outbound")
     acts["cs_touch"] = past & (
-        ((direction == "outbound") & kind.isin(["email", "call"]))
+        ((direction == "outbound") & kind.isin(["email", "call"]) & ~ours)
         | acts["held"]
         | (completed_task & (step == "first_cs_contact"))
     )
     acts["client_touch"] = past & ((direction == "inbound") | acts["held"] | call_done)
-    acts["outreach"] = past & (direction == "outbound") & (kind == "email")
+    acts["outreach"] = past & (direction == "outbound") & (kind == "email") & ~ours
 
     def phrase_in_subject(rows: pd.Series, phrases: list[str]) -> pd.Series:
         found = pd.Series(False, index=acts.index)
@@ -186,6 +190,18 @@ def classify_activities(data: RuleInput) -> pd.DataFrame:
     acts["scope_text"] = ""
     acts.loc[client_words, "scope_text"] = text
     return acts
+
+
+def _sent_by_us(acts: pd.DataFrame, sent: pd.DataFrame | None) -> pd.Series:
+    """Activities that are the CRM's copy of one of our playbook emails to that deal."""
+    if sent is None or sent.empty or acts.empty:
+        return pd.Series(False, index=acts.index)
+
+    def key(deal: pd.Series, subject: pd.Series) -> pd.Series:
+        return deal.astype(str) + "\x1f" + subject.astype(object).fillna("").str.strip().str.lower()
+
+    ours = set(key(sent["deal_id"], sent["subject"]))
+    return key(acts["deal_id"], acts["subject"]).isin(ours)
 
 
 # -- the rules --------------------------------------------------------------------------------

@@ -138,7 +138,8 @@ def evaluate_red_flags(
     recent = window_end - timedelta(days=settings.red_flags.scope_creep_days)
     activities = flags_store.activities_of(source, deals["deal_id"].tolist(), snippets_from=recent)
     window = SendingWindow(settings.email.window_start, settings.email.window_end)
-    found = evaluate(RuleInput(deals, activities, window_end, settings.red_flags, window))
+    sent = flags_store.sent_subjects(source, deals["deal_id"].tolist())
+    found = evaluate(RuleInput(deals, activities, window_end, settings.red_flags, window, sent))
     rules_ms = (time.perf_counter() - started) * 1000
 
     open_now = flags_store.open_flags(source)

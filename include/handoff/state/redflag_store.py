@@ -17,7 +17,7 @@ from more_itertools import chunked
 from sqlalchemy import and_, case, func, or_, select, update
 
 from handoff.models import PlannedAction
-from handoff.state.schema import activities, activity_coverage, deals, flags, onboarding
+from handoff.state.schema import activities, activity_coverage, deals, flags, onboarding, outbox
 from handoff.state.store import StateStore, utcnow
 
 ACTIVITY_FIELDS = [c.name for c in activities.columns if c.name not in ("source", "updated_at")]
@@ -168,6 +168,23 @@ class RedFlagStore:
         for column in ("occurred_at", "modstamp"):
             frame[column] = pd.to_datetime(frame[column], utc=True)
         return frame
+
+    def sent_subjects(self, source: str, deal_ids: Sequence[str]) -> pd.DataFrame:
+        """The subjects of the playbook emails sent to these deals: (deal_id, subject)."""
+        subject = outbox.c.payload["subject"].as_string()
+        rows: list[tuple[str, str]] = []
+        with self.engine.connect() as conn:
+            for chunk in chunked(list(deal_ids), 1000):
+                rows += conn.execute(
+                    select(outbox.c.deal_id, subject).where(
+                        outbox.c.source == source,
+                        outbox.c.deal_id.in_(chunk),
+                        outbox.c.kind == "email",
+                        outbox.c.status == "done",
+                        subject.is_not(None),
+                    )
+                ).all()
+        return pd.DataFrame(rows, columns=["deal_id", "subject"])
 
     # -- flags ---------------------------------------------------------------------------------
 
