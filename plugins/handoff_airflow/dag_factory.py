@@ -170,8 +170,8 @@ def handoff_dag(source: str, cron: str):
                     return {"dry_run": True, **report["planning"]}
                 return plan_steps(store, settings, SOURCE, run)
 
-        @task
-        def resolve(planned: dict, **context) -> dict:
+        @task(trigger_rule="all_done_min_one_success")
+        def resolve(planned: dict | None, flagged: dict | None, **context) -> dict:
             from handoff.pipeline import refresh_contacts
             from handoff_airflow.runtime import is_dry_run, step
 
@@ -237,7 +237,10 @@ def handoff_dag(source: str, cron: str):
         extracted = extract(preflight())
         detected = detect(extracted)
         activities = read_activities(detected)
-        resolved = resolve(plan(red_flags(activities)))
+        # The red flags are a branch beside the playbook: their escalations go out in this
+        # run's dispatch, but a failure there (say, a field the org lacks) never holds up a
+        # client's emails and tasks, and a failed plan still sends what was due before.
+        resolved = resolve(plan(detected), red_flags(activities))
         summarise(
             extracted, detected, activities, resolved, send_emails(resolved), write_tasks(resolved)
         )

@@ -268,3 +268,22 @@ def test_an_executive_who_left_never_signs_a_welcome(dag, org, sandbox, smtp_sin
     assert "Dana Whitfield" not in welcome.message.get_body(("plain",)).get_content()
     codes = {(i["deal_id"], i["field"]) for i in summary["issues"]}
     assert (deal, "[sender].email") in codes
+
+
+def test_a_failing_red_flag_branch_never_holds_up_the_clients_emails(
+    dag, org, sandbox, smtp_sink, monkeypatch
+):
+    """The org lacks a field the activity query names (Salesforce answers INVALID_FIELD): the
+    red-flag steps fail with that cause, the welcome and the tasks still go out."""
+    monkeypatch.setenv("HANDOFF_RED_FLAGS", "on")
+    org.won_deal("Acme platform", amount=250000, account="Acme Corp")
+    sandbox.faults.add(
+        method="GET", path_contains="FROM Event", status=400, error_code="INVALID_FIELD",
+        message="No such column 'Outcome__c' on entity 'Event'", times=-1,
+    )  # fmt: skip
+    dag_run, summary = run(dag)
+    assert str(dag_run.state) in ("failed", "DagRunState.FAILED"), "the failure is visible"
+    assert [f["step"] for f in summary["failed_steps"]] == ["read_activities"]
+    assert "Outcome__c" in summary["failed_steps"][0]["message"]
+    assert summary["emails_sent"] == 1 and summary["tasks_created"] == 2
+    assert len(smtp_sink.messages) == 1
