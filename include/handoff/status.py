@@ -11,7 +11,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 
 from handoff.config import Settings
 from handoff.models import ActionStatus
@@ -26,26 +26,35 @@ def store_status(store: StateStore, settings: Settings, now: datetime) -> dict[s
     sources = {}
     with store.engine.connect() as conn:
         for source in settings.sources.enabled:
-            rows = conn.execute(
-                select(
-                    outbox.c.kind,
-                    outbox.c.status,
-                    outbox.c.due_at,
-                    outbox.c.reason,
-                    outbox.c.deal_id,
-                    outbox.c.step,
-                    outbox.c.updated_at,
-                ).where(outbox.c.source == source)
+            # Counted in the database: a large org has hundreds of thousands of outbox rows.
+            of_source = outbox.c.source == source
+            pending = and_(of_source, outbox.c.status == ActionStatus.PENDING)
+            due = conn.execute(
+                select(outbox.c.kind, func.count(), func.min(outbox.c.due_at))
+                .where(pending, outbox.c.due_at <= now)
+                .group_by(outbox.c.kind)
             ).all()
-            pending = [r for r in rows if r.status == ActionStatus.PENDING]
-            overdue = [r for r in pending if r.due_at <= now]
-            held = [r for r in rows if r.status == ActionStatus.HELD]
-            recent = now - RECENT
+            later = conn.execute(
+                select(func.count()).where(pending, outbox.c.due_at > now)
+            ).scalar_one()
+            held: Counter[str] = Counter()
+            for reason, count in conn.execute(
+                select(outbox.c.reason, func.count())
+                .where(of_source, outbox.c.status == ActionStatus.HELD)
+                .group_by(outbox.c.reason)
+            ).all():
+                held[_why_held(reason)] += count
             problems = [
-                {"deal_id": r.deal_id, "step": r.step, "status": r.status, "reason": r.reason}
-                for r in rows
-                if r.status in (ActionStatus.FAILED, ActionStatus.UNCONFIRMED)
-                and r.updated_at >= recent
+                dict(row)
+                for row in conn.execute(
+                    select(outbox.c.deal_id, outbox.c.step, outbox.c.status, outbox.c.reason)
+                    .where(
+                        of_source,
+                        outbox.c.status.in_([ActionStatus.FAILED, ActionStatus.UNCONFIRMED]),
+                        outbox.c.updated_at >= now - RECENT,
+                    )
+                    .order_by(outbox.c.updated_at)
+                ).mappings()
             ]
             active = conn.execute(
                 select(func.count())
@@ -67,10 +76,10 @@ def store_status(store: StateStore, settings: Settings, now: datetime) -> dict[s
             ).first()
             sources[source] = {
                 "clients_in_onboarding": active,
-                "due_now": dict(Counter(r.kind for r in overdue)),
-                "oldest_due": min((r.due_at for r in overdue), default=None),
-                "scheduled_later": len(pending) - len(overdue),
-                "held": dict(Counter(_why_held(r.reason) for r in held)),
+                "due_now": {kind: count for kind, count, _ in due},
+                "oldest_due": min((oldest for _, _, oldest in due), default=None),
+                "scheduled_later": later,
+                "held": dict(held),
                 "failed_or_unconfirmed_last_7_days": problems,
                 "red_flags_open": dict(open_flags),
                 "last_step": {

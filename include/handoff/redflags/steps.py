@@ -109,11 +109,32 @@ def rule_deals(onboarding: pd.DataFrame, settings: Settings) -> pd.DataFrame:
                 "missing_doc": deal.missing_handoff_fields(),
                 "scope_change": deal.scope_change,
                 "label": deal.label(),
+                "account": deal.account_name or deal.name,
             }
         )
-    frame = pd.DataFrame(rows, columns=[*DEAL_FIELDS, "label"])
+    frame = pd.DataFrame(rows, columns=[*DEAL_FIELDS, "label", "account"])
     frame["won_at"] = pd.to_datetime(frame["won_at"], utc=True)
     return frame
+
+
+def load_rule_input(
+    store: StateStore,
+    settings: Settings,
+    source: str,
+    onboarding: pd.DataFrame,
+    as_of: datetime,
+    *,
+    snippets_from: datetime | None,
+) -> RuleInput:
+    """What the rules read for these onboardings, from the store: the live step, the metrics
+    and the backtest judge from the same input, so a metric and a flag never disagree."""
+    flags_store = RedFlagStore(store)
+    deals = rule_deals(onboarding, settings)
+    ids = deals["deal_id"].tolist()
+    activities = flags_store.activities_of(source, ids, snippets_from=snippets_from)
+    window = SendingWindow(settings.email.window_start, settings.email.window_end)
+    sent = flags_store.sent_subjects(source, ids)
+    return RuleInput(deals, activities, as_of, settings.red_flags, window, sent)
 
 
 def evaluate_red_flags(
@@ -134,12 +155,10 @@ def evaluate_red_flags(
     started = time.perf_counter()
     flags_store = RedFlagStore(store)
     onboarding = flags_store.onboarding_deals(source, window_start(settings, window_end))
-    deals = rule_deals(onboarding, settings)
     recent = window_end - timedelta(days=settings.red_flags.scope_creep_days)
-    activities = flags_store.activities_of(source, deals["deal_id"].tolist(), snippets_from=recent)
-    window = SendingWindow(settings.email.window_start, settings.email.window_end)
-    sent = flags_store.sent_subjects(source, deals["deal_id"].tolist())
-    found = evaluate(RuleInput(deals, activities, window_end, settings.red_flags, window, sent))
+    data = load_rule_input(store, settings, source, onboarding, window_end, snippets_from=recent)
+    deals, activities = data.deals, data.activities
+    found = evaluate(data)
     rules_ms = (time.perf_counter() - started) * 1000
 
     open_now = flags_store.open_flags(source)

@@ -10,17 +10,16 @@ threshold in the settings, runs it again, and compares.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from handoff.client_locale import SendingWindow
 from handoff.config import Settings
-from handoff.redflags.rules import TITLES, RuleInput, evaluate
-from handoff.redflags.steps import rule_deals
+from handoff.redflags.rules import TITLES, evaluate
+from handoff.redflags.steps import load_rule_input
 from handoff.schedule import Plan, _conditions, _deals_frame, steps_frame
 from handoff.state.redflag_store import RedFlagStore
 from handoff.state.store import StateStore
@@ -68,11 +67,9 @@ def run_backtest(
     horizon = timedelta(days=settings.plan.horizon_days)
     history = RedFlagStore(store).onboarding_deals(source, start - horizon, active_only=False)
     history = history.drop(columns=["status"])
-    facts = rule_deals(history[["deal_id", "won_at", "record"]], settings)
-    facts = facts.merge(history[["deal_id", "stopped_at"]], on="deal_id")
-    activities = RedFlagStore(store).activities_of(source, facts["deal_id"].tolist())
-    window = SendingWindow(settings.email.window_start, settings.email.window_end)
-    rules = settings.red_flags
+    data = load_rule_input(store, settings, source, history, end, snippets_from=None)
+    facts = data.deals.merge(history[["deal_id", "stopped_at"]], on="deal_id")
+    activities = data.activities
     labels = dict(zip(facts["deal_id"], facts["label"], strict=True))
 
     holding: dict[tuple[str, str], dict[str, Any]] = {}
@@ -88,7 +85,7 @@ def run_backtest(
             & (facts["stopped_at"].isna() | (facts["stopped_at"] > stamp))
         ]
         known = activities[activities["modstamp"] <= stamp]
-        found = evaluate(RuleInput(live, known, moment, rules, window))
+        found = evaluate(replace(data, deals=live, activities=known, as_of=moment))
         now = {(r.deal_id, r.code): r.reason for r in found.itertuples()}
         for key, reason in now.items():
             if key not in holding:

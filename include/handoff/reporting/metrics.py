@@ -17,18 +17,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from sqlalchemy import delete, select
 
-from handoff.client_locale import SendingWindow
 from handoff.config import Settings
-from handoff.models import Deal
-from handoff.planning import HANDOFF_DOC_LABELS, client_place
+from handoff.planning import HANDOFF_DOC_LABELS
 from handoff.redflags.clock import business_hours_between
 from handoff.redflags.escalation import is_escalation
-from handoff.redflags.rules import RuleInput, classify_activities
+from handoff.redflags.rules import classify_activities
+from handoff.redflags.steps import load_rule_input
 from handoff.state.redflag_store import RedFlagStore
 from handoff.state.schema import deal_metrics, flags, outbox
 from handoff.state.store import StateStore
@@ -53,19 +51,14 @@ def compute_metrics(
     rows = rows[["deal_id", "status", "won_at", "record"]]
     if rows.empty:
         return pd.DataFrame(columns=DEAL_METRIC_COLUMNS)
-    people = [_deal_facts(record, settings) for record in rows["record"]]
-    frame = pd.concat([rows.drop(columns=["record"]), pd.DataFrame(people)], axis=1)
-    frame["won_at"] = pd.to_datetime(frame["won_at"], utc=True)
-    flag_store = RedFlagStore(store)
     # No rule here reads a body: leave the snippets in the store.
-    activities = flag_store.activities_of(source, frame["deal_id"].tolist(), snippets_from=as_of)
-    rules = settings.red_flags
-    window = SendingWindow(settings.email.window_start, settings.email.window_end)
-    acts = classify_activities(
-        RuleInput(
-            frame.assign(missing_doc=None, scope_change=None), activities, as_of, rules, window
-        )
-    )
+    data = load_rule_input(store, settings, source, rows, as_of, snippets_from=as_of)
+    frame = data.deals.merge(rows[["deal_id", "status"]], on="deal_id")
+    frame["rep"], frame["csm"] = frame["owner_name"], frame["csm_name"]
+    frame["doc_fields"] = len(HANDOFF_DOC_LABELS)
+    frame["doc_fields_filled"] = len(HANDOFF_DOC_LABELS) - frame["missing_doc"].map(len)
+    window = data.window
+    acts = classify_activities(data)
     first = {
         name: acts[acts[flag]].groupby("deal_id")["occurred_at"].min()
         for name, flag in (
@@ -98,24 +91,6 @@ def compute_metrics(
     local_day = frame["won_at"].dt.tz_convert("UTC").dt.normalize()
     frame["cohort_week"] = (local_day - pd.to_timedelta(local_day.dt.day_of_week, unit="D")).dt.date
     return frame[DEAL_METRIC_COLUMNS].sort_values(["won_at", "deal_id"], ignore_index=True)
-
-
-def _deal_facts(record: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    deal = Deal.from_record(record)
-    place = client_place(deal, settings)
-    return {
-        "account": deal.account_name or deal.name,
-        "rep": deal.owner.name if deal.owner else None,
-        "csm": deal.csm.name if deal.csm else None,
-        "owner_id": deal.owner.id if deal.owner else None,
-        "owner_name": deal.owner.name if deal.owner else None,
-        "csm_id": deal.csm.id if deal.csm else None,
-        "csm_name": deal.csm.name if deal.csm else None,
-        "zone": place.zone.key,
-        "country": place.country or "",
-        "doc_fields": len(HANDOFF_DOC_LABELS),
-        "doc_fields_filled": len(HANDOFF_DOC_LABELS) - len(deal.missing_handoff_fields()),
-    }
 
 
 def _step_counts(store: StateStore, source: str, deal_ids: list[str], as_of: datetime):
