@@ -379,6 +379,11 @@ class DispatchSettings(_Section):
     lease_seconds: int = Field(600, ge=1, le=86400)
     # Before looking up writes whose answer was lost, give the CRM this long to finish them.
     reconcile_delay_seconds: float = Field(5.0, ge=0, le=300)
+    # Sending and CRM writes run as this many parallel shards at most (Airflow mapped tasks,
+    # spread over the workers), one more for every ``rows_per_shard`` deals due; a quiet run
+    # runs one. Shards share one queue: each claims rows the others have not locked.
+    shards: int = Field(4, ge=1, le=64)
+    rows_per_shard: int = Field(500, ge=1)
 
 
 class StateSettings(_Section):

@@ -489,7 +489,18 @@ def refresh_contacts(
         "deals_refreshed": len(deal_ids),
         "opt_outs_written": opt_outs,
         "api_calls": crm.api_calls - calls_before,
+        "shards": dispatch_shards(len(deal_ids), settings),
     }
+
+
+def dispatch_shards(due_deals: int, settings: Settings | None) -> list[int]:
+    """The shard numbers dispatch runs as: one per ``rows_per_shard`` deals due, at most
+    ``shards``, at least one (it also settles what an earlier run left in flight)."""
+    if settings is None:
+        return [0]
+    dispatch = settings.dispatch
+    wanted = -(-due_deals // dispatch.rows_per_shard)  # ceiling
+    return list(range(max(1, min(dispatch.shards, wanted))))
 
 
 EXECUTIVE_META = "executive:"

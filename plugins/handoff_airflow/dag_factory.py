@@ -7,6 +7,7 @@ the only thing that knows which CRM a task talks to is :func:`crm_client`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,24 @@ if TYPE_CHECKING:
 
 CRM_CONNECTIONS = {"salesforce": "salesforce_default", "hubspot": "hubspot_default"}
 CRM_NAMES = {"salesforce": "Salesforce", "hubspot": "HubSpot"}
+# Every task that calls a CRM takes a slot of that CRM's pool, so however many runs and
+# shards the workers take on, the org sees at most this many clients at once (the stack's
+# init step creates them; see the README's runbook).
+CRM_POOLS = {
+    "salesforce": ("handoff_salesforce", 4, "Salesforce: concurrent API clients"),
+    "hubspot": ("handoff_hubspot", 2, "HubSpot: concurrent API clients (100 requests / 10 s)"),
+}
+SMTP_POOL = ("handoff_smtp", 4, "SMTP: concurrent connections to the mail relay")
+# A task that overruns these is stopped and retried: reads and writes are resumable.
+READ_TIMEOUT = timedelta(minutes=30)
+DISPATCH_TIMEOUT = timedelta(minutes=20)
+QUICK_TIMEOUT = timedelta(minutes=5)
+
+
+def pools() -> list[tuple[str, int, str]]:
+    """The pools the DAGs use: (name, slots, description)."""
+    return [*CRM_POOLS.values(), SMTP_POOL]
+
 
 DOC = """
 ### {crm} handoff: the 90-day onboarding playbook for every Closed Won deal
@@ -40,7 +59,9 @@ its last run and:
 - holds client emails while the rep's **handoff document** is incomplete (the rep gets a task
   listing what is missing) and releases them once it is complete;
 - re-reads the primary contacts of the deals with a step due (consent is checked when a mail
-  goes out), then sends the emails and writes the tasks.
+  goes out), then sends the emails and writes the tasks in parallel **shards** (mapped tasks,
+  one per `[dispatch].rows_per_shard` deals due, at most `[dispatch].shards`), which the
+  workers share: each claims rows no other shard holds.
 
 Client email arrives in the client's business hours (their time zone and public holidays);
 outside them an email waits for the next run inside them. Promotional steps carry a one-click
@@ -55,6 +76,7 @@ fails the run at once with its cause.
 **Dry run**: trigger with the param `dry_run` = true to see every email (recipient, subject),
 task (owner, due date), skip and hold this run would make, changing nothing.
 
+Pools: `{pool}` caps the concurrent {crm} clients, `handoff_smtp` the SMTP connections.
 Connections: `{connection}` ({crm}), `smtp_default` (SMTP), and optionally
 `handoff_unsubscribe` (its password keys the unsubscribe links). Settings:
 `include/config/handoff.toml`. The state store is migrated once per deployment with
@@ -80,6 +102,7 @@ def handoff_dag(source: str, cron: str):
     """The handoff DAG for one CRM source (``handoff_<source>``), scheduled by ``cron``."""
     SOURCE = source  # read by the tasks below, as a module constant would be
     crm = CRM_NAMES[source]
+    crm_pool = CRM_POOLS[source][0]
 
     @dag(
         dag_id=f"handoff_{source}",
@@ -87,7 +110,7 @@ def handoff_dag(source: str, cron: str):
         start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
         catchup=False,
         max_active_runs=1,
-        doc_md=DOC.format(crm=crm, connection=CRM_CONNECTIONS[source]),
+        doc_md=DOC.format(crm=crm, connection=CRM_CONNECTIONS[source], pool=crm_pool),
         tags=["handoff", source],
         params={
             "dry_run": Param(
@@ -102,10 +125,11 @@ def handoff_dag(source: str, cron: str):
             "retry_delay": timedelta(minutes=1),
             "retry_exponential_backoff": True,
             "max_retry_delay": timedelta(minutes=15),
+            "execution_timeout": READ_TIMEOUT,
         },
     )
     def handoff():
-        @task
+        @task(execution_timeout=QUICK_TIMEOUT)
         def preflight(**context) -> dict:
             from handoff.pipeline import check_templates
             from handoff_airflow.runtime import check_connections, step
@@ -116,7 +140,7 @@ def handoff_dag(source: str, cron: str):
                 check_templates(settings)
                 return {"state_store": store.location}
 
-        @task
+        @task(pool=crm_pool)
         def extract(checked: dict, **context) -> dict:
             from handoff.pipeline import extract_changes
             from handoff_airflow.runtime import step
@@ -125,7 +149,7 @@ def handoff_dag(source: str, cron: str):
                 crm = crm_client(SOURCE, settings)
                 return extract_changes(crm, store, settings, run.window_end)
 
-        @task
+        @task(pool=crm_pool)
         def detect(extracted: dict, **context) -> dict:
             from handoff.pipeline import detect_new_wins
             from handoff_airflow.runtime import is_dry_run, step
@@ -136,7 +160,7 @@ def handoff_dag(source: str, cron: str):
                 crm = crm_client(SOURCE, settings)
                 return detect_new_wins(store, settings, crm, run)
 
-        @task
+        @task(pool=crm_pool)
         def read_activities(detected: dict, **context) -> dict:
             from handoff.redflags.steps import extract_activities
             from handoff_airflow.runtime import is_dry_run, step
@@ -157,7 +181,7 @@ def handoff_dag(source: str, cron: str):
             with step(context, SOURCE) as (settings, store, run):
                 return evaluate_red_flags(store, settings, SOURCE, run.run_id, run.window_end)
 
-        @task
+        @task(pool=crm_pool)
         def plan(detected: dict, **context) -> dict:
             from handoff.pipeline import dry_run, format_dry_run, plan_steps
             from handoff_airflow.runtime import is_dry_run, step
@@ -170,19 +194,24 @@ def handoff_dag(source: str, cron: str):
                     return {"dry_run": True, **report["planning"]}
                 return plan_steps(store, settings, SOURCE, run)
 
-        @task(trigger_rule="all_done_min_one_success")
+        @task(trigger_rule="all_done_min_one_success", pool=crm_pool)
         def resolve(planned: dict | None, flagged: dict | None, **context) -> dict:
             from handoff.pipeline import refresh_contacts
             from handoff_airflow.runtime import is_dry_run, step
 
             if is_dry_run(context):
-                return {"dry_run": True}
+                return {"dry_run": True, "shards": [0]}
             with step(context, SOURCE) as (settings, store, run):
                 crm = crm_client(SOURCE, settings)
                 return refresh_contacts(crm, store, run, settings)
 
-        @task
-        def send_emails(resolved: dict, **context) -> dict:
+        @task(execution_timeout=QUICK_TIMEOUT)
+        def shards(resolved: dict) -> list[int]:
+            """The dispatch shards resolve chose (how much is due), for the mapped tasks."""
+            return list(resolved.get("shards") or [0])
+
+        @task(pool=SMTP_POOL[0], execution_timeout=DISPATCH_TIMEOUT)
+        def send_emails(shard: int, **context) -> dict:
             from handoff.pipeline import send_emails as send
             from handoff_airflow.hooks import HandoffSmtpHook, unsubscribe_secret
             from handoff_airflow.runtime import is_dry_run, step
@@ -192,28 +221,30 @@ def handoff_dag(source: str, cron: str):
             with step(context, SOURCE) as (settings, store, run):
                 transport = HandoffSmtpHook().transport
                 secret = unsubscribe_secret()
-                return send(
+                counts = send(
                     store, settings, transport, run, source=SOURCE, unsubscribe_secret=secret
                 )
+            return {**counts, "shard": shard}
 
-        @task
-        def write_tasks(resolved: dict, **context) -> dict:
+        @task(pool=crm_pool, execution_timeout=DISPATCH_TIMEOUT)
+        def write_tasks(shard: int, **context) -> dict:
             from handoff.pipeline import write_tasks as write
             from handoff_airflow.runtime import is_dry_run, step
 
             if is_dry_run(context):
                 return {"dry_run": True}
             with step(context, SOURCE) as (settings, store, run):
-                return write(crm_client(SOURCE, settings), store, settings, run)
+                counts = write(crm_client(SOURCE, settings), store, settings, run)
+            return {**counts, "shard": shard}
 
-        @task(trigger_rule="all_done")
+        @task(trigger_rule="all_done", execution_timeout=QUICK_TIMEOUT)
         def summarise(
             extracted: dict | None,
             detected: dict | None,
             activities: dict | None,
             resolved: dict | None,
-            emails: dict | None,
-            tasks: dict | None,
+            emails: Sequence[dict | None] | None,
+            tasks: Sequence[dict | None] | None,
             **context,
         ) -> dict:
             """Runs whatever happened upstream, so a failed run gets its summary too."""
@@ -222,8 +253,8 @@ def handoff_dag(source: str, cron: str):
 
             if is_dry_run(context):
                 return {"dry_run": True}
-            # None for a step that failed
-            counts = (extracted, detected, activities, resolved, emails, tasks)
+            # None for a step that failed; one entry per shard for the dispatch steps
+            counts = [extracted, detected, activities, resolved, *(emails or ()), *(tasks or ())]
             api_calls = sum(c.get("api_calls", 0) for c in counts if c)
             with step(context, SOURCE) as (settings, store, run):
                 summary = summarise(store, settings, SOURCE, run, api_calls)
@@ -241,9 +272,11 @@ def handoff_dag(source: str, cron: str):
         # run's dispatch, but a failure there (say, a field the org lacks) never holds up a
         # client's emails and tasks, and a failed plan still sends what was due before.
         resolved = resolve(plan(detected), red_flags(activities))
-        summarise(
-            extracted, detected, activities, resolved, send_emails(resolved), write_tasks(resolved)
-        )
+        # One mapped task per shard: the Celery workers share the run's dispatch.
+        dispatch = shards(resolved)
+        emails = send_emails.expand(shard=dispatch)
+        tasks = write_tasks.expand(shard=dispatch)
+        summarise(extracted, detected, activities, resolved, emails, tasks)
 
     return handoff()
 

@@ -30,8 +30,15 @@ def run_context(context: dict[str, Any]) -> RunContext:
     return RunContext(
         run_id=context["run_id"],
         window_end=context["data_interval_end"],
-        worker=f"{ti.dag_id}/{context['run_id']}/{ti.task_id}#{ti.try_number}",
+        worker=f"{ti.dag_id}/{context['run_id']}/{task_name(context)}#{ti.try_number}",
     )
+
+
+def task_name(context: dict[str, Any]) -> str:
+    """The task's id, with its shard for a mapped task (``send_emails[1]``)."""
+    ti = context["ti"]
+    map_index = getattr(ti, "map_index", -1)
+    return ti.task_id if map_index is None or map_index < 0 else f"{ti.task_id}[{map_index}]"
 
 
 @contextmanager
@@ -49,7 +56,7 @@ def step(context: dict[str, Any], source: str) -> Iterator[tuple[Settings, State
         raise AirflowFailException(str(exc)) from exc
     store = StateStore(settings.state.url)
     run = run_context(context)
-    name = context["ti"].task_id
+    name = task_name(context)
     log.info("State store: %s", store.location)
 
     def record(status: str, message: str | None = None) -> None:

@@ -59,6 +59,7 @@ def test_the_salesforce_dag_runs_the_handoff_steps_in_order(dag_bag):
         "red_flags",
         "plan",
         "resolve",
+        "shards",
         "send_emails",
         "write_tasks",
         "summarise",
@@ -71,8 +72,12 @@ def test_the_salesforce_dag_runs_the_handoff_steps_in_order(dag_bag):
     assert dag.get_task("resolve").upstream_task_ids == {"plan", "red_flags"}
     # A failed red-flag branch never holds up the playbook's dispatch.
     assert dag.get_task("resolve").trigger_rule == "all_done_min_one_success"
-    assert dag.get_task("send_emails").upstream_task_ids == {"resolve"}
-    assert dag.get_task("write_tasks").upstream_task_ids == {"resolve"}
+    assert dag.get_task("shards").upstream_task_ids == {"resolve"}
+    # Dispatch runs as mapped tasks over the shards resolve chose, shared by the workers.
+    for name in ("send_emails", "write_tasks"):
+        dispatch = dag.get_task(name)
+        assert dispatch.upstream_task_ids == {"shards"}
+        assert type(dispatch).__name__.endswith("MappedOperator"), f"{name} is not mapped"
     summarise = dag.get_task("summarise")
     assert summarise.upstream_task_ids == {
         "extract",
@@ -84,6 +89,24 @@ def test_the_salesforce_dag_runs_the_handoff_steps_in_order(dag_bag):
     }
     assert summarise.trigger_rule == "all_done", "a failed run still gets its summary"
     assert dag.params["dry_run"] is False
+
+
+def test_crm_calls_take_a_slot_of_their_crm_pool_and_every_task_has_a_timeout(dag_bag):
+    from handoff_airflow.dag_factory import CRM_POOLS, SMTP_POOL
+
+    checked = 0
+    for source, (pool, slots, _) in CRM_POOLS.items():
+        dag = dag_bag.get_dag(f"handoff_{source}")
+        if dag is None:  # not enabled in the tests' settings
+            continue
+        checked += 1
+        for name in ("extract", "detect", "read_activities", "resolve", "write_tasks"):
+            assert dag.get_task(name).pool == pool, (source, name)
+        assert dag.get_task("send_emails").pool == SMTP_POOL[0]
+        assert slots >= 1
+        untimed = [t.task_id for t in dag.tasks if not t.execution_timeout]
+        assert not untimed, f"tasks without execution_timeout: {untimed}"
+    assert checked
 
 
 def test_the_schedule_is_the_configured_one_hourly_by_default(dag_bag):

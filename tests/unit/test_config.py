@@ -70,3 +70,14 @@ def test_every_crm_names_every_field_the_planner_reports(settings):
     assert hubspot["doc_goals"] == "deal.handoff_goals"
     with pytest.raises(ConfigError, match="no settings for the CRM 'pipedrive'"):
         settings.crm("pipedrive")
+
+
+def test_dispatch_runs_one_shard_per_rows_per_shard_deals_due_within_the_cap():
+    from handoff.pipeline import dispatch_shards
+
+    settings = load_settings(TEST_CONFIG)  # shards = 3, rows_per_shard = 2
+    assert dispatch_shards(0, settings) == [0], "a quiet run still settles what was in flight"
+    assert dispatch_shards(2, settings) == [0]
+    assert dispatch_shards(3, settings) == [0, 1]
+    assert dispatch_shards(5, settings) == [0, 1, 2]
+    assert dispatch_shards(5000, settings) == [0, 1, 2]
