@@ -21,7 +21,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN := sqlite:///$(CURDIR)/.airflow/airflow.db
 
-.PHONY: demo test setup lint format lock clean demo-reset
+.PHONY: demo test test-stack stack stack-down setup lint format lock clean demo-reset
 
 demo: setup
 	$(BIN)/handoff demo
@@ -34,6 +34,18 @@ demo-reset: setup
 # temp folders, free ports and PostgreSQL databases.
 test: setup
 	$(BIN)/pytest -n auto --dist loadfile
+
+# The production topology as processes on this machine: API server, scheduler, DAG processor,
+# triggerer and two Celery workers on PostgreSQL and Redis, against the sandbox CRM and SMTP sink.
+stack: setup
+	$(BIN)/handoff stack up --trigger
+
+stack-down: setup
+	$(BIN)/handoff stack down
+
+# The stack's own test (marked "stack"): brings a stack up, runs the DAGs, tears it down.
+test-stack: setup
+	$(BIN)/pytest -m stack -p no:xdist
 
 setup: .airflow/.migrated
 

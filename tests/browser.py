@@ -200,6 +200,50 @@ class Chromium:
         self.layout(html_file, width, height, png=out_png, full_page=full_page)
         return out_png
 
+    def capture_app(
+        self,
+        url: str,
+        out_png: Path,
+        *,
+        wait_for_text: str,
+        cookies: tuple[dict[str, Any], ...] = (),
+        width: int = 1440,
+        height: int = 900,
+    ) -> str:
+        """A screenshot of a web app served over HTTP once its page shows ``wait_for_text``
+        (an app renders after load); returns the page's text."""
+        target = self._call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self._call("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
+        read_text = {"expression": "document.body ? document.body.innerText : ''"}
+        try:
+            for domain in ("Page", "Runtime", "Network"):
+                self._call(f"{domain}.enable", session=session)
+            self._call(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+                session=session,
+            )
+            for cookie in cookies:
+                self._call("Network.setCookie", {"url": url, **cookie}, session)
+            self._call("Page.navigate", {"url": url}, session)
+            deadline = time.monotonic() + self.timeout
+            text = ""
+            while wait_for_text not in text:
+                if time.monotonic() > deadline:
+                    raise ChromiumError(f"{url} never showed {wait_for_text!r}: {text[:500]!r}")
+                time.sleep(0.25)
+                text = self._call("Runtime.evaluate", read_text, session)["result"]["value"]
+            time.sleep(1.0)  # the last requests of the page settle (counts, icons)
+            shot = self._call("Page.captureScreenshot", {"format": "png"}, session)
+            out_png.parent.mkdir(parents=True, exist_ok=True)
+            out_png.write_bytes(base64.b64decode(shot["data"]))
+            return self._call("Runtime.evaluate", read_text, session)["result"]["value"]
+        finally:
+            self._call("Target.closeTarget", {"targetId": target})
+            self._events = [e for e in self._events if e.get("sessionId") != session]
+
     # -- the DevTools protocol -------------------------------------------------------------------
 
     def _websocket_url(self) -> str:

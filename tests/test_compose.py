@@ -194,7 +194,8 @@ def test_default_profile_is_the_official_layout(default_config: dict[str, Any]) 
         broker = urlsplit(env["AIRFLOW__CELERY__BROKER_URL"])
         assert (broker.scheme, broker.hostname, broker.port) == ("redis", "redis", 6379), name
         backend = urlsplit(env["AIRFLOW__CELERY__RESULT_BACKEND"])
-        assert (backend.scheme, backend.hostname) == ("db+postgresql", "postgres"), name
+        # The driver named: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3.
+        assert (backend.scheme, backend.hostname) == ("db+postgresql+psycopg2", "postgres"), name
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == (
             "http://airflow-apiserver:8080/execution/"
         ), name

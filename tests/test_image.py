@@ -35,8 +35,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 INSTALL_STEP = "install-step"
 SANDBOX_STEP = "sandbox-step"
-DEVELOPMENT_COMMANDS = ("demo", "sandbox", "benchmark", "smtp-sink")
-DEVELOPMENT_MODULES = ("handoff.sandbox", "handoff.smtp_sink", "handoff.benchmark", "aiosmtpd")
+DEVELOPMENT_COMMANDS = ("demo", "sandbox", "benchmark", "smtp-sink", "stack up")
+DEVELOPMENT_MODULES = (
+    "handoff.sandbox",
+    "handoff.smtp_sink",
+    "handoff.benchmark",
+    "handoff.stack",
+    "aiosmtpd",
+)
 PRODUCTION_MODULES = (
     "handoff.pipeline",
     "handoff.redflags.steps",
@@ -424,21 +430,23 @@ def test_production_install_is_the_lock_without_dev_or_sandbox(
 def test_development_commands_say_they_are_not_in_the_production_image(
     production_install: Install, command: str
 ) -> None:
-    help_text = production_install.run("handoff", command, "--help")
+    argv = command.split()
+    help_text = production_install.run("handoff", *argv, "--help")
     assert help_text.returncode == 0, help_text.stderr  # the parser knows every command
 
     base = production_install.workdir.parent
-    home, airflow_home = base / f"home-{command}", base / f"airflow-{command}"
+    slug = "-".join(argv)
+    home, airflow_home = base / f"home-{slug}", base / f"airflow-{slug}"
     home.mkdir()
     started = time.monotonic()
     result = production_install.run(
-        "handoff", command, HANDOFF_HOME=str(home), AIRFLOW_HOME=str(airflow_home)
+        "handoff", *argv, HANDOFF_HOME=str(home), AIRFLOW_HOME=str(airflow_home)
     )
     elapsed = time.monotonic() - started
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"handoff {command} is part of the development install (the sandbox group); "
+        f"handoff {argv[0]} is part of the development install (the sandbox group); "
         "it is not in the production image"
     ], result.stderr
     # It stops before anything runs: nothing written, no Airflow home set up.

@@ -173,7 +173,7 @@ def run_dag(
     """
     _prepare_airflow()
     from handoff.config import ConfigError, load_settings
-    from handoff.pipeline import safe_name
+    from handoff.pipeline import run_folder
     from handoff.state import StateStore
 
     try:
@@ -199,7 +199,7 @@ def run_dag(
         print(f"Not started: {exc}", file=sys.stderr)
         return 1, None
     report = "dry_run.json" if dry_run else "summary.json"
-    summary_path = settings.output.run_dir / safe_name(dag_run.run_id) / report
+    summary_path = run_folder(settings, dag_run.dag_id, dag_run.run_id) / report
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     state = str(getattr(dag_run.state, "value", dag_run.state))
     if state == "success" and summary is not None:
@@ -454,6 +454,42 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_pools() -> int:
+    from handoff.pools import pools_file_content
+
+    print(json.dumps(pools_file_content(), indent=2))
+    return 0
+
+
+def resend(args: argparse.Namespace) -> int:
+    """``handoff resend``: put a deal's failed steps back in line for the next run."""
+    from handoff.state import StateStore
+
+    if (settings := _settings_or_none()) is None:
+        return 2
+    store = StateStore(settings.state.url)
+    try:
+        store.check_schema()
+        requeued, refused = store.requeue(
+            args.source,
+            args.deal,
+            datetime.now(UTC),
+            step=args.step,
+            checked_not_delivered=args.checked_not_delivered,
+        )
+    finally:
+        store.dispose()
+    for row in requeued:
+        print(f"Re-send {row.deal_id} {row.step} ({row.kind.value}); it failed with: {row.reason}")
+    for row, why in refused:
+        print(f"Not re-sent: {row.deal_id} {row.step}: {why}")
+    if not requeued:
+        print(f"Nothing to re-send for deal {args.deal} of {args.source}.")
+        return 1
+    print(f"The next run of handoff_{args.source} sends them (or trigger one now).")
+    return 0
+
+
 def digest(args: argparse.Namespace) -> int:
     """``handoff digest``: the metrics and the digest of a day, sent once."""
     code, page = run_digest_dag(args.date, verbose=args.verbose)
@@ -558,6 +594,18 @@ def build_parser() -> argparse.ArgumentParser:
     daily.add_argument("--date", type=_date, help="the digest of this day (UTC)")
     daily.add_argument("--verbose", action="store_true", help="show Airflow's output")
 
+    again = commands.add_parser("resend", help="put a deal's failed steps back for the next run")
+    again.add_argument("--source", choices=SOURCES, required=True)
+    again.add_argument("--deal", required=True, help="the deal's CRM id")
+    again.add_argument("--step", help="only this step (all the deal's failed steps without it)")
+    again.add_argument(
+        "--checked-not-delivered",
+        action="store_true",
+        help="also steps whose outcome is unknown, once you checked they did not arrive",
+    )
+    commands.add_parser(
+        "pools", help="the Airflow pools the DAGs use, as JSON for `airflow pools import`"
+    )
     db = commands.add_parser("db", help="state store schema")
     db.add_argument("action", choices=["upgrade"], help="upgrade: migrate to this version")
 
@@ -605,17 +653,40 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=7)
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
 
+    stack = commands.add_parser(
+        "stack", help="the production topology (Celery workers) as processes on this machine"
+    )
+    stack.add_argument("action", choices=["up", "down"])
+    stack.add_argument("--home", type=Path, default=Path("var/stack"))
+    stack.add_argument("--api-port", type=int, default=8080)
+    stack.add_argument("--workers", type=int, default=2)
+    stack.add_argument("--concurrency", type=int, default=4, help="task slots per worker")
+    stack.add_argument(
+        "--trigger", action="store_true", help="up: unpause every DAG and trigger one run"
+    )
+    stack.add_argument("--purge", action="store_true", help="down: drop its databases and files")
+
     sink = commands.add_parser("smtp-sink", help="serve a local SMTP sink that keeps messages")
     sink.add_argument("--host", default="127.0.0.1")
     sink.add_argument("--port", type=int, default=0)
     sink.add_argument("--maildir", type=Path, default=Path("var/mailbox"))
+    sink.add_argument(
+        "--drop-every", type=int, default=0, help="chaos: drop the connection after every Nth"
+    )
+    sink.add_argument("--delay-ms", type=int, default=0, help="chaos: answer each DATA late")
     return parser
 
 
 # Commands served by modules of the development install only (the sandbox dependency group);
 # the production wheel and image leave these modules out.
-DEVELOPMENT_COMMANDS = frozenset({"demo", "sandbox", "benchmark", "smtp-sink"})
-DEVELOPMENT_MODULES = ("handoff.sandbox", "handoff.smtp_sink", "handoff.benchmark", "aiosmtpd")
+DEVELOPMENT_COMMANDS = frozenset({"demo", "sandbox", "benchmark", "smtp-sink", "stack"})
+DEVELOPMENT_MODULES = (
+    "handoff.sandbox",
+    "handoff.smtp_sink",
+    "handoff.benchmark",
+    "handoff.stack",
+    "aiosmtpd",
+)
 
 
 def _is_development_module(name: str | None) -> bool:
@@ -645,10 +716,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         "backtest": lambda: backtest(args),
         "digest": lambda: digest(args),
         "status": lambda: status(args),
+        "resend": lambda: resend(args),
+        "pools": _print_pools,
         "db": lambda: upgrade_store(args),
         "demo": lambda: run_demo(args),
         "sandbox": lambda: _serve_sandbox(args),
         "smtp-sink": lambda: _serve_sink(args),
+        "stack": lambda: _stack(args),
         "benchmark": lambda: _benchmark(args),
     }
     return handlers[args.command]() or 0
@@ -690,10 +764,41 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stack(args: argparse.Namespace) -> int:
+    from handoff.stack import StackError, StackOptions, describe, down, up
+
+    home = args.home if args.home.is_absolute() else project_root() / args.home
+    if args.action == "down":
+        stopped = down(home, purge=args.purge)
+        print(f"Stopped: {', '.join(stopped) or 'nothing was running'}")
+        return 0
+    options = StackOptions(
+        home, api_port=args.api_port, workers=args.workers, concurrency=args.concurrency
+    )
+    try:
+        stack = up(options)
+    except StackError as exc:
+        print(f"The stack did not start: {exc}", file=sys.stderr)
+        return 1
+    if args.trigger:
+        api = stack.api()
+        for dag_id in api.dag_ids():
+            api.unpause(dag_id)
+            print(f"Triggered {dag_id}: {api.trigger(dag_id)}")
+    print(describe(stack))
+    return 0
+
+
 def _serve_sink(args: argparse.Namespace) -> int:
     from handoff.smtp_sink import serve
 
-    serve(args.host, args.port, args.maildir)
+    serve(
+        args.host,
+        args.port,
+        args.maildir,
+        drop_every=args.drop_every,
+        data_delay=args.delay_ms / 1000,
+    )
     return 0
 
 

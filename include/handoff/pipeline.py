@@ -72,9 +72,17 @@ class RunContext:
     run_id: str
     window_end: datetime
     worker: str  # "<dag>/<run>/<task>#<try>": one claimer per try of a task instance
+    # Each DAG's runs get a folder of their own: two CRMs' scheduled runs share run ids.
+    dag_id: str | None = None
 
     def run_folder(self, settings: Settings) -> Path:
-        return settings.output.run_dir / safe_name(self.run_id)
+        return run_folder(settings, self.dag_id, self.run_id)
+
+
+def run_folder(settings: Settings, dag_id: str | None, run_id: str) -> Path:
+    """Where a run's files go: ``<run_dir>/<dag id>/<run id>`` in the shared storage."""
+    base = settings.output.run_dir / safe_name(dag_id) if dag_id else settings.output.run_dir
+    return base / safe_name(run_id)
 
 
 def safe_name(text: str) -> str:
@@ -791,7 +799,9 @@ def _hold_unconfirmed(
 ) -> None:
     reason = (
         f"{what}; it may have been delivered, so it is not sent again. Look for Message-ID "
-        f"{mid} in the SMTP server's log and send it by hand only if it is absent"
+        f"{mid} in the SMTP server's log; only if it is absent, re-send it with "
+        f"`handoff resend --source {row.source} --deal {row.deal_id} --step {row.step} "
+        "--checked-not-delivered`"
     )
     log.warning("%s", reason)
     _close(store, run, row, ActionStatus.UNCONFIRMED, reason, mid)

@@ -133,6 +133,11 @@ class _State:
     # Every hold handed out, so stop() can release them all and never hang.
     holds: list[HeldReply] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
+    # A steady fault rate for chaos runs: every Nth DATA is stored, then the connection drops.
+    drop_every: int = 0
+    data_count: int = 0
+    # A slow relay: each DATA waits this long before it is answered.
+    data_delay: float = 0.0
 
 
 def _parse(raw: bytes) -> EmailMessage:
@@ -167,6 +172,8 @@ class _Handler:
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
         fault = self._sink._take_fault()
+        if delay := self._sink._state.data_delay:
+            await asyncio.sleep(delay)
         if isinstance(fault, _Fault):
             log.info("SMTP sink injects fault %s %s", fault.code, fault.message)
             if fault.disconnect and server.transport is not None:
@@ -412,6 +419,25 @@ class SmtpSink:
         with self._state.lock:
             self._state.rejected[address.casefold()] = f"{code} {message}"
 
+    def drop_every(self, n: int) -> None:
+        """From now on, store every ``n``th message and drop the connection before the reply
+        (0 stops it): a relay that loses answers at a steady rate, for chaos runs."""
+        if n < 0:
+            raise ValueError("n must be 0 or more")
+        with self._state.lock:
+            self._state.drop_every = n
+            self._state.data_count = 0
+
+    def slow_down(self, seconds: float) -> None:
+        """Answer every DATA ``seconds`` late (0 = at once): a slow relay."""
+        with self._state.lock:
+            self._state.data_delay = max(0.0, seconds)
+
+    def accept_recipient(self, address: str) -> None:
+        """Undo :meth:`reject_recipient` (the address was fixed)."""
+        with self._state.lock:
+            self._state.rejected.pop(address.casefold(), None)
+
     # -- called from the SMTP thread -------------------------------------------------
 
     def _count_session(self) -> None:
@@ -424,7 +450,13 @@ class SmtpSink:
 
     def _take_fault(self) -> _Action:
         with self._state.lock:
-            return self._state.faults.popleft() if self._state.faults else None
+            self._state.data_count += 1
+            if self._state.faults:
+                return self._state.faults.popleft()
+            every = self._state.drop_every
+            if every and self._state.data_count % every == 0:
+                return _DropAfterAccept()
+            return None
 
     def _store(self, mail_from: str, rcpt_tos: list[str], raw: bytes) -> None:
         received = ReceivedMail(mail_from, rcpt_tos, _parse(raw), raw)
@@ -476,7 +508,14 @@ def load_maildir(maildir: Path) -> list[ReceivedMail]:
     return mails
 
 
-def serve(host: str = "127.0.0.1", port: int = 1025, maildir: Path | None = None) -> None:
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 1025,
+    maildir: Path | None = None,
+    *,
+    drop_every: int = 0,
+    data_delay: float = 0.0,
+) -> None:
     """Run a sink until SIGTERM/SIGINT; announce where it listens as one JSON line on stdout.
 
     The JSON line lets whoever started the process (a test, a CLI wrapper) learn the
@@ -491,6 +530,8 @@ def serve(host: str = "127.0.0.1", port: int = 1025, maildir: Path | None = None
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with SmtpSink(maildir, host=host, port=port) as sink:
+            sink.drop_every(drop_every)
+            sink.slow_down(data_delay)
             announcement = {
                 "smtp_host": sink.host,
                 "smtp_port": sink.port,

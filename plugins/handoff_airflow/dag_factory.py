@@ -14,29 +14,18 @@ from typing import TYPE_CHECKING
 import pendulum
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
+from handoff.pools import CRM_POOLS, SMTP_POOL
+
 if TYPE_CHECKING:
     from handoff.config import Settings
     from handoff.crm.base import CrmClient
 
 CRM_CONNECTIONS = {"salesforce": "salesforce_default", "hubspot": "hubspot_default"}
 CRM_NAMES = {"salesforce": "Salesforce", "hubspot": "HubSpot"}
-# Every task that calls a CRM takes a slot of that CRM's pool, so however many runs and
-# shards the workers take on, the org sees at most this many clients at once (the stack's
-# init step creates them; see the README's runbook).
-CRM_POOLS = {
-    "salesforce": ("handoff_salesforce", 4, "Salesforce: concurrent API clients"),
-    "hubspot": ("handoff_hubspot", 2, "HubSpot: concurrent API clients (100 requests / 10 s)"),
-}
-SMTP_POOL = ("handoff_smtp", 4, "SMTP: concurrent connections to the mail relay")
 # A task that overruns these is stopped and retried: reads and writes are resumable.
 READ_TIMEOUT = timedelta(minutes=30)
 DISPATCH_TIMEOUT = timedelta(minutes=20)
 QUICK_TIMEOUT = timedelta(minutes=5)
-
-
-def pools() -> list[tuple[str, int, str]]:
-    """The pools the DAGs use: (name, slots, description)."""
-    return [*CRM_POOLS.values(), SMTP_POOL]
 
 
 DOC = """
@@ -81,7 +70,7 @@ Connections: `{connection}` ({crm}), `smtp_default` (SMTP), and optionally
 `handoff_unsubscribe` (its password keys the unsubscribe links). Settings:
 `include/config/handoff.toml`. The state store is migrated once per deployment with
 `handoff db upgrade`. What each run did, failed runs included: the `summarise` task's log and
-`var/runs/<run id>/summary.json` (with the `.eml` and HTML preview of every email sent).
+`var/runs/<dag id>/<run id>/summary.json` (with the `.eml` and HTML preview of every email sent).
 """
 
 

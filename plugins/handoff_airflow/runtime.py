@@ -31,6 +31,7 @@ def run_context(context: dict[str, Any]) -> RunContext:
         run_id=context["run_id"],
         window_end=context["data_interval_end"],
         worker=f"{ti.dag_id}/{context['run_id']}/{task_name(context)}#{ti.try_number}",
+        dag_id=ti.dag_id,
     )
 
 
@@ -111,3 +112,15 @@ def fail_if_a_step_failed(summary: dict[str, Any]) -> None:
     if summary["failed_steps"]:
         failed = summary["failed_steps"][0]
         raise AirflowFailException(f"step {failed['step']} failed: {failed['message']}")
+
+
+def worker_hostname() -> str:
+    """The host name a task instance records (Airflow's ``[core] hostname_callable``).
+
+    Where several Celery workers share one machine (the local stack), ``HANDOFF_WORKER_NAME``
+    tells them apart in the UI; elsewhere it is the machine's name, as Airflow's default.
+    """
+    import os
+    import socket
+
+    return os.environ.get("HANDOFF_WORKER_NAME") or socket.getfqdn()

@@ -92,7 +92,7 @@ def test_the_salesforce_dag_runs_the_handoff_steps_in_order(dag_bag):
 
 
 def test_crm_calls_take_a_slot_of_their_crm_pool_and_every_task_has_a_timeout(dag_bag):
-    from handoff_airflow.dag_factory import CRM_POOLS, SMTP_POOL
+    from handoff.pools import CRM_POOLS, SMTP_POOL
 
     checked = 0
     for source, (pool, slots, _) in CRM_POOLS.items():

@@ -44,7 +44,7 @@ def test_the_demo_runs_then_finds_nothing_new(tmp_path):
     assert "New Closed Won deals:" in first
     assert "State store: sqlite:///" in first
     assert "no primary contact" in first  # the seeded bad-input deals are reported
-    assert list((tmp_path / "demo" / "runs").glob("*/emails/*.html"))
+    assert list((tmp_path / "demo" / "runs").glob("*/*/emails/*.html"))
 
     again = last_json_line(demo())
     assert (again["emails_sent"], again["tasks_created"]) == (0, 0)
@@ -99,7 +99,7 @@ def test_a_crm_answer_no_retry_can_fix_fails_the_run_at_once_with_its_cause(
     assert code == 1
     assert "extract" in output and "REQUEST_LIMIT_EXCEEDED: TotalRequests Limit exceeded" in output
     assert sandbox.stats()["api_calls"] == 1, "no retry: the limit holds until tomorrow"
-    [summary_file] = (tmp_path / "runs").glob("*/summary.json")
+    [summary_file] = (tmp_path / "runs").glob("*/*/summary.json")
     summary = json.loads(summary_file.read_text())
     assert [f["step"] for f in summary["failed_steps"]] == ["extract"]
     assert smtp_sink.messages == []

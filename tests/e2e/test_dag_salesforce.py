@@ -9,7 +9,7 @@ import pytest
 
 from handoff.cli import connection_env, load_dag, logical_date_for
 from handoff.config import load_settings
-from handoff.pipeline import safe_name
+from handoff.pipeline import run_folder
 from handoff.state import StateStore
 from tests.builders import WON_AT, SandboxOrg
 
@@ -46,7 +46,7 @@ def org(sandbox):
 def run(dag, day=DAY):
     dag_run = dag.test(logical_date=logical_date_for(day))
     settings = load_settings()
-    path = settings.output.run_dir / safe_name(dag_run.run_id) / "summary.json"
+    path = run_folder(settings, dag_run.dag_id, dag_run.run_id) / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else None
     return dag_run, summary
 

@@ -17,7 +17,7 @@ import pytest
 
 from handoff.cli import connection_env, load_dag
 from handoff.config import load_settings
-from handoff.pipeline import safe_name
+from handoff.pipeline import run_folder
 from handoff.state import StateStore
 from tests.builders import WON_AT, SandboxOrg
 
@@ -81,7 +81,7 @@ def dag(sandbox, smtp_sink, tmp_path, monkeypatch, full_playbook):
 
 def run_at(dag, at: datetime) -> dict:
     dag_run = dag.test(logical_date=at)
-    path = load_settings().output.run_dir / safe_name(dag_run.run_id) / "summary.json"
+    path = run_folder(load_settings(), dag_run.dag_id, dag_run.run_id) / "summary.json"
     summary = json.loads(path.read_text())
     assert summary["failed_steps"] == [], summary["failed_steps"]
     return summary

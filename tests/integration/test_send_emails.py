@@ -248,3 +248,46 @@ def test_a_stale_claim_from_another_worker_waits_for_its_lease(state, settings, 
     counts = send(state, settings, transport_to(smtp_sink))
     assert (counts["emails_unconfirmed"], counts["emails_sent"]) == (1, 1)
     assert len(smtp_sink.messages) == 1
+
+
+def clients_reached(sink) -> list[str]:
+    """The client addresses the server accepted, one per copy received."""
+    return sorted(a for mail in sink.messages for a in mail.rcpt_tos if a.startswith("client"))
+
+
+def test_a_failed_email_re_sent_by_hand_goes_out_once_and_an_unknown_one_waits_for_a_check(
+    state, settings, smtp_sink
+):
+    addresses = plan_welcomes(state, settings, 3)
+    smtp_sink.reject_recipient(addresses[1])
+    # A crash right after the first email was handed over: its outcome is unknown (here it
+    # never arrived), the second is refused for good, the third goes out.
+    claimed = state.claim("salesforce", ActionKind.EMAIL, WORKER, limit=10, due_by=DUE)
+    state.mark_attempted([claimed[0].dedupe_key], WORKER)
+    send(state, settings, transport_to(smtp_sink))
+    by_status = {row["status"]: row for row in state.actions()}
+    failed, unknown = by_status[ActionStatus.FAILED], by_status[ActionStatus.UNCONFIRMED]
+    assert clients_reached(smtp_sink) == [addresses[2]]
+
+    smtp_sink.accept_recipient(addresses[1])  # the address was fixed in the CRM
+    later = RUN.window_end + timedelta(days=1)
+    requeued, refused = state.requeue("salesforce", failed["deal_id"], later)
+    assert [row.step for row in requeued] == ["welcome_email"] and not refused
+    # A step that went out, or whose outcome is unknown, is not re-sent on a plain request.
+    again, [(_, why_done)] = state.requeue("salesforce", failed["deal_id"], later)
+    assert not again and "pending" in why_done
+    again, [(row, why)] = state.requeue("salesforce", unknown["deal_id"], later)
+    assert not again and "--checked-not-delivered" in why and row.status == "unconfirmed"
+
+    counts = send(state, settings, transport_to(smtp_sink), RunContext("run-2", later, WORKER))
+    assert counts["emails_sent"] == 1
+    assert clients_reached(smtp_sink) == sorted(addresses[1:])
+    assert state.actions(dedupe_key=failed["dedupe_key"])[0]["status"] == ActionStatus.DONE
+    again, [(_, why_done)] = state.requeue("salesforce", failed["deal_id"], later)
+    assert not again and "repeat" in why_done
+
+    # Checked as never arrived, the unknown one goes out too, once.
+    requeued, _ = state.requeue("salesforce", unknown["deal_id"], later, checked_not_delivered=True)
+    assert len(requeued) == 1
+    send(state, settings, transport_to(smtp_sink), RunContext("run-3", later, WORKER))
+    assert clients_reached(smtp_sink) == sorted(addresses)

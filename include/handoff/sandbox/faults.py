@@ -50,7 +50,9 @@ class FaultRule:
     ``path_contains`` is a substring of its path plus decoded query string (so
     ``"FROM Task"`` targets one query). Each match consumes one of ``times``
     (-1 = forever). ``status`` None with no ``error_code`` means latency only.
-    ``retry_after`` sets the Retry-After header of the error answer.
+    ``retry_after`` sets the Retry-After header of the error answer. ``every`` = N fires the
+    rule on every Nth matching request only (the others pass untouched): a steady fault rate,
+    e.g. 5 % of calls with ``every=20`` and ``times=-1``.
 
     Without ``after_commit`` the request waits ``delay_seconds`` first, then gets
     the error answer without reaching the handler (nothing is written), or, with
@@ -74,8 +76,10 @@ class FaultRule:
     after_commit: bool = False
     delay_seconds: float = 0.0
     retry_after: float | None = None
+    every: int = 1
     id: int = 0
     hits: int = 0
+    seen: int = 0
 
     def __post_init__(self) -> None:
         self.method = (self.method or "*").upper()
@@ -87,6 +91,8 @@ class FaultRule:
             self.message = _MESSAGES.get(self.error_code, self.error_code)
         if self.times == 0 or self.times < -1:
             raise ValueError("times must be positive, or -1 for forever")
+        if self.every < 1:
+            raise ValueError("every must be 1 or more")
         if self.delay_seconds < 0:
             raise ValueError("delay_seconds must not be negative")
         if self.after_commit and self.status is None and not self.delay_seconds:
@@ -117,7 +123,7 @@ class FaultRule:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> FaultRule:
         """Build a rule from JSON, rejecting unknown keys so typos do not pass silently."""
-        allowed = {f.name for f in fields(cls)} - {"id", "hits"}
+        allowed = {f.name for f in fields(cls)} - {"id", "hits", "seen"}
         unknown = set(data) - allowed
         if unknown:
             raise ValueError(f"unknown fault rule keys: {sorted(unknown)}")
@@ -160,6 +166,9 @@ class FaultPlan:
         with self._lock:
             for rule in self._rules:
                 if rule.matches(method, target):
+                    rule.seen += 1
+                    if rule.seen % rule.every:
+                        continue
                     rule.hits += 1
                     if rule.times > 0:
                         rule.times -= 1

@@ -890,6 +890,55 @@ class StateStore:
             )
         return recorded
 
+    def requeue(
+        self,
+        source: str,
+        deal_id: str,
+        at: datetime,
+        *,
+        step: str | None = None,
+        checked_not_delivered: bool = False,
+    ) -> tuple[list[OutboxRow], list[tuple[OutboxRow, str]]]:
+        """A person's re-send: the deal's failed steps go back to pending, due at ``at``.
+
+        An unconfirmed step (its answer never came) goes back only when the person checked the
+        mailbox or the CRM and it is not there (``checked_not_delivered``): re-sending it blindly
+        could repeat it. Returns the rows put back, and the rows refused with why.
+        """
+        retryable = {ActionStatus.FAILED}
+        if checked_not_delivered:
+            retryable.add(ActionStatus.UNCONFIRMED)
+        query = select(outbox).where(outbox.c.source == source, outbox.c.deal_id == deal_id)
+        if step is not None:
+            query = query.where(outbox.c.step == step)
+        requeued: list[OutboxRow] = []
+        refused: list[tuple[OutboxRow, str]] = []
+        with self.engine.begin() as conn:
+            for row in map(OutboxRow.from_mapping, conn.execute(query).mappings()):
+                if row.status not in retryable:
+                    refused.append((row, _not_requeued(row)))
+                    continue
+                changed = conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id == row.id, outbox.c.status == row.status)
+                    .values(
+                        status=ActionStatus.PENDING,
+                        due_at=at,
+                        # The person decided it is still worth sending: no lateness limit.
+                        not_after=None,
+                        claimed_by=None,
+                        claimed_at=None,
+                        attempted_at=None,
+                        external_id=None,
+                        finished_run=None,
+                        reason=f"re-sent by hand at {at:%Y-%m-%d %H:%M} UTC after: {row.reason}",
+                        updated_at=utcnow(),
+                    )
+                ).rowcount
+                if changed:
+                    requeued.append(row)
+        return requeued, refused
+
     def unfinished(self, source: str) -> list[OutboxRow]:
         """Rows of a source still waiting (pending, held or in flight): what a run leaves."""
         waiting = [ActionStatus.PENDING, ActionStatus.HELD, ActionStatus.IN_FLIGHT]
@@ -1116,3 +1165,14 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()
+
+
+def _not_requeued(row: OutboxRow) -> str:
+    if row.status == ActionStatus.UNCONFIRMED:
+        return (
+            "its outcome is unknown: check that it did not arrive (the email's Message-ID, or "
+            "the CRM task's Handoff key), then re-send with --checked-not-delivered"
+        )
+    if row.status == ActionStatus.DONE:
+        return f"it was done ({row.external_id or 'no id recorded'}): re-sending would repeat it"
+    return f"it is {row.status.value}, not failed"
