@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from handoff.stack import Stack, StackOptions, down, free_port, up
+from handoff.stack import Stack, StackOptions, down, drop_databases, free_port, up
 from tests.browser import Chromium, is_blank, require_chromium
 
 pytestmark = pytest.mark.stack
@@ -45,7 +45,8 @@ def stack(tmp_path_factory) -> Stack:
     )
     started = up(options)
     yield started
-    down(home, purge=True)
+    down(home)  # the logs stay in the test's folder
+    drop_databases(options.name)
 
 
 @pytest.fixture(scope="module")

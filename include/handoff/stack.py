@@ -388,6 +388,8 @@ def up(options: StackOptions) -> Stack:
                 logs,
             ),
         )
+        for name, port in (("sandbox", sandbox_port), ("smtp-sink", smtp_port)):
+            _wait(lambda p=port: _port_open("127.0.0.1", p), name, 60, logs / f"{name}.log")
         # The init step, once per deployment (compose's airflow-init).
         airflow = _bin("airflow")
         _run("airflow db migrate", [airflow, "db", "migrate"], env, logs)
@@ -654,3 +656,104 @@ def describe(stack: Stack) -> str:
             "Stop it with: make stack-down",
         ]
     )
+
+
+# -- scale-out: the same run on one worker and on two ------------------------------------------
+
+
+def _dispatch_config(home: Path, shards: int, rows_per_shard: int) -> Path:
+    """The shipped settings with their ``[dispatch]`` section set: a run of a few thousand
+    deals then has more shards than one worker has slots."""
+    import re
+
+    from handoff.config import default_config_path
+
+    text = Path(default_config_path()).read_text()
+    text = re.sub(r"(?m)^shards = \d+$", f"shards = {shards}", text)
+    text = re.sub(r"(?m)^rows_per_shard = \d+$", f"rows_per_shard = {rows_per_shard}", text)
+    path = home / "handoff.toml"
+    path.write_text(text)
+    return path
+
+
+def _seconds(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def measure_run(
+    home: Path,
+    *,
+    workers: int,
+    concurrency: int,
+    deals: int,
+    shards: int,
+    rows_per_shard: int,
+    relay_delay_ms: int,
+    source: str = "salesforce",
+    timeout: float = 1800.0,
+) -> dict[str, Any]:
+    """A fresh stack with ``workers`` Celery workers, one first run of ``handoff_<source>``
+    on a freshly seeded org, timed from Airflow's own task records; then torn down."""
+    home.mkdir(parents=True, exist_ok=True)
+    options = StackOptions(
+        home,
+        api_port=free_port(),
+        workers=workers,
+        concurrency=concurrency,
+        name=f"handoff_b{secrets.token_hex(5)}",
+        deals=deals,
+        sink_options=("--delay-ms", str(relay_delay_ms)),
+        extra_env={
+            "HANDOFF_CONFIG": str(_dispatch_config(home, shards, rows_per_shard)),
+            "HANDOFF_SOURCES": source,
+        },
+        start_timeout=600.0,
+    )
+    stack = up(options)
+    try:
+        api = stack.api()
+        dag_id = f"handoff_{source}"
+        tasks_before = _crm_task_count(stack.sandbox_db, source)
+        api.unpause(dag_id)
+        api.trigger(dag_id)
+        runs = api.wait_for_runs([dag_id], timeout)[dag_id]
+        # Unpausing also schedules the latest interval: the first run to start does the work.
+        first = min(runs, key=lambda run: run["start_date"])
+        tis = api.task_instances(dag_id, first["dag_run_id"])
+        dispatch = [ti for ti in tis if ti["task_id"] in ("send_emails", "write_tasks")]
+        emails = len(list(stack.mailbox.glob("*.eml")))
+        return {
+            "workers": workers,
+            "slots_per_worker": concurrency,
+            "deals": deals,
+            "shards": len({ti["map_index"] for ti in dispatch}),
+            "run_state": first["state"],
+            "run_seconds": round(_seconds(first["start_date"], first["end_date"]), 1),
+            "dispatch_seconds": round(
+                _seconds(
+                    min(ti["start_date"] for ti in dispatch),
+                    max(ti["end_date"] for ti in dispatch),
+                ),
+                1,
+            ),
+            "emails": emails,
+            "tasks": _crm_task_count(stack.sandbox_db, source) - tasks_before,
+            "hosts": sorted({ti["hostname"] for ti in dispatch}),
+        }
+    finally:
+        down(home, purge=True)
+
+
+def _crm_task_count(sandbox_db: Path, source: str) -> int:
+    """Tasks with a Handoff key in the sandbox CRM, read from its own database."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{sandbox_db}?mode=ro", uri=True) as crm:
+        if source == "salesforce":
+            query = 'SELECT COUNT(*) FROM "Task" WHERE "Handoff_Key__c" IS NOT NULL'
+        else:
+            query = (
+                "SELECT COUNT(*) FROM hubspot_object WHERE object_type = 'tasks' "
+                "AND json_extract(properties, '$.handoff_key') IS NOT NULL"
+            )
+        return int(crm.execute(query).fetchone()[0])

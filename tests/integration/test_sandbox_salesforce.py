@@ -1526,3 +1526,15 @@ def test_serve_seeds_announces_itself_and_stops_on_sigterm(tmp_path: Path) -> No
             if process.poll() is None:
                 process.kill()
                 process.communicate()
+
+
+def test_a_fault_rule_with_every_fails_one_call_in_n(sf: Salesforce, server: SandboxServer) -> None:
+    add_fault(server, path_contains="/sobjects/Account/describe", status=503, every=3, times=-1)
+    outcomes = []
+    for _ in range(6):
+        try:
+            sf.Account.describe()
+            outcomes.append("ok")
+        except SalesforceGeneralError as exc:
+            outcomes.append(exc.status)
+    assert outcomes == ["ok", "ok", 503] * 2

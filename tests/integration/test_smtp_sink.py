@@ -422,3 +422,24 @@ def test_serve_announces_itself_and_stops_on_sigterm(tmp_path: Path) -> None:
             proc.communicate()
     assert proc.returncode == 0, stderr
     assert "Warning" not in stderr and "Traceback" not in stderr, stderr
+
+
+def test_drop_every_keeps_every_nth_message_and_cuts_its_answer(sink: SmtpSink) -> None:
+    sink.drop_every(3)
+    outcomes = []
+    for n in range(6):
+        try:
+            with _client(sink) as smtp:
+                smtp.send_message(_message(f"m{n}"))
+            outcomes.append("answered")
+        except smtplib.SMTPServerDisconnected:
+            outcomes.append("dropped")
+    assert outcomes == ["answered", "answered", "dropped"] * 2
+    assert [m["Subject"] for m in sink.messages] == [f"m{n}" for n in range(6)], "all stored"
+
+
+def test_slow_down_delays_each_answer_to_data(sink: SmtpSink) -> None:
+    sink.slow_down(0.3)
+    started = time.monotonic()
+    code, _ = _data_reply(sink, "slow")
+    assert code == 250 and time.monotonic() - started >= 0.3
