@@ -10,7 +10,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Collection
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager, ExitStack, suppress
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -601,6 +601,14 @@ def _resolve_row(
 # -- send emails -------------------------------------------------------------------------------
 
 EMAIL_CLAIM = 20  # rows claimed at a time: a crash leaves few rows waiting on a lease
+# A connection that drops after a message was handed over: that message is held as unconfirmed
+# and the rest provably did not go, so a new connection takes them, this many times per task
+# before the task fails and Airflow's retry goes on.
+SMTP_RECONNECTS = 3
+
+
+class _ConnectionLost(TransientMailError):
+    """The SMTP connection dropped; the message in flight is already held as unconfirmed."""
 
 
 def check_templates(settings: Settings) -> EmailRenderer:
@@ -616,7 +624,7 @@ class _Mailing:
     """What every email of one dispatch shares."""
 
     renderer: EmailRenderer
-    transport: MailTransport
+    transport: MailTransport | None  # None once its connection dropped
     folder: Path
     installation: str  # keeps this installation's Message-IDs apart from any other's
     unsubscribe_secret: str
@@ -639,7 +647,8 @@ def send_emails(
     configuration error never touches a row. Rows are claimed a few at a time and each is marked
     attempted right before its content goes to the server: a row an earlier attempt left in
     flight is sent if it was never attempted, and held as ``unconfirmed`` (never re-sent) if it
-    was. A temporary failure puts the unsent rows back and raises, so the retry continues. An
+    was. A connection that drops is reopened (``SMTP_RECONNECTS`` times); any other temporary
+    failure puts the unsent rows back and raises, so the retry continues. An
     email outside the client's business hours goes back to wait for them, keeping its key.
 
     ``unsubscribe_secret`` keys the tokens of promotional emails' unsubscribe links (from an
@@ -670,10 +679,16 @@ def send_emails(
     if not store.has_rows(source, ActionKind.EMAIL, ActionStatus.PENDING, due_by=due_by):
         return counts
     with ExitStack() as stack:
-        try:
-            transport = stack.enter_context(open_transport())
-        except Exception as exc:  # nothing is claimed yet: the retry starts afresh
-            raise classify(exc) from exc
+        connection = stack.enter_context(ExitStack())
+
+        def connect() -> MailTransport:
+            try:
+                return connection.enter_context(open_transport())
+            except Exception as exc:  # nothing of ours is claimed: the retry starts afresh
+                raise classify(exc) from exc
+
+        transport = connect()
+        reconnects = 0
         mailing = _Mailing(
             renderer,
             transport,
@@ -685,6 +700,10 @@ def send_emails(
         claim = partial(store.claim, source, ActionKind.EMAIL, run.worker, due_by=due_by)
         people = email_people(store, source)
         while batch := claim(limit=EMAIL_CLAIM):
+            if mailing.transport is None:  # the connection dropped in the last batch
+                with suppress(Exception):  # the old one is dead; closing it may complain
+                    connection.close()
+                mailing = replace(mailing, transport=connect())
             deals = _deals_of(store, source, batch)
             contacts = [d.primary_contact.id for d in deals.values() if d.primary_contact]
             unsubscribed = store.unsubscribed(source, contacts)
@@ -712,7 +731,17 @@ def send_emails(
                     why = f"{type(exc).__name__}: {exc}"
                     keys = [r.dedupe_key for r in batch[index:]]
                     store.release(keys, run.worker, why, refused=refused)
-                    raise
+                    if not isinstance(exc, _ConnectionLost) or reconnects >= SMTP_RECONNECTS:
+                        raise
+                    reconnects += 1
+                    log.warning(
+                        "The SMTP connection dropped (%s); the rest goes over a new one (%s of %s)",
+                        exc,
+                        reconnects,
+                        SMTP_RECONNECTS,
+                    )
+                    mailing = replace(mailing, transport=None)
+                    break
     return counts
 
 
@@ -783,7 +812,7 @@ def _send_one(store, run, settings: Settings, mailing: _Mailing, row, counts) ->
         _hold_unconfirmed(store, run, row, f"{row.label}: {row.step}: {exc}", mid)
         counts["emails_unconfirmed"] += 1
         # The connection is gone: the rest of the batch goes back and the retry goes on.
-        raise TransientMailError(f"the SMTP connection dropped while sending {key}") from exc
+        raise _ConnectionLost(f"the SMTP connection dropped while sending {key}") from exc
     # The server accepted the message: this row is never released again. Its subject is kept,
     # so a CRM's logged copy of it is not taken for a person's outreach (red flags).
     row = replace(row, payload={**row.payload, "subject": rendered.subject})

@@ -1141,7 +1141,7 @@ def test_an_after_commit_hold_delays_the_real_answer_of_a_committed_write(
 def test_a_delay_without_after_commit_still_comes_before_the_write(
     sf: Salesforce, server: SandboxServer, org: dict
 ) -> None:
-    add_fault(server, method="POST", path_contains="/sobjects/Task", delay_seconds=0.4)
+    add_fault(server, method="POST", path_contains="/sobjects/Task", delay_seconds=1.5)
     record = task(org, "slow-1", Handoff_Key__c="slow-1")
     record.pop("attributes")
     with ThreadPoolExecutor(max_workers=1) as pool:

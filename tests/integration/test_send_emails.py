@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ import pytest
 from handoff.errors import ConfigError
 from handoff.mail import TransientMailError, smtp_transport
 from handoff.models import ActionKind, ActionStatus
-from handoff.pipeline import RunContext, send_emails
+from handoff.pipeline import SMTP_RECONNECTS, RunContext, send_emails
 from handoff.state import StateStore
 from tests.builders import CONTACT, make_deal, plan_steps
 
@@ -150,23 +151,40 @@ def test_smtp_accepted_then_dropped_before_the_reply_is_never_sent_twice(
     addresses = plan_welcomes(state, settings, 3)
     smtp_sink.drop_after_accept(1, after=1)
 
-    with pytest.raises(TransientMailError, match="dropped"):
-        send(state, settings, transport_to(smtp_sink))
-    statuses = [row["status"] for row in state.actions()]
-    assert statuses == ["done", "unconfirmed", "pending"]
+    counts = send(state, settings, transport_to(smtp_sink))
 
-    counts = send(state, settings, transport_to(smtp_sink))  # Airflow's retry
+    # The dropped one is held; the one after it provably never went and takes a new connection.
     assert counts == {
-        "emails_sent": 1,
+        "emails_sent": 2,
         "emails_skipped": 0,
         "emails_failed": 0,
-        "emails_unconfirmed": 0,
+        "emails_unconfirmed": 1,
         "emails_held": 0,
         "emails_waiting": 0,
     }
+    assert [row["status"] for row in state.actions()] == ["done", "unconfirmed", "done"]
+    assert smtp_sink.sessions == 2
     assert delivered_to(smtp_sink) == sorted(addresses), "each client got exactly one copy"
     message_ids = [mail.message["Message-ID"] for mail in smtp_sink.messages]
     assert len(message_ids) == len(set(message_ids)) == 3
+
+    assert send(state, settings, transport_to(smtp_sink))["emails_sent"] == 0  # a re-run
+
+
+def test_a_connection_that_keeps_dropping_fails_the_task_for_airflow_to_retry(
+    state, settings, smtp_sink
+):
+    addresses = plan_welcomes(state, settings, SMTP_RECONNECTS + 3)
+    smtp_sink.drop_every(1)
+
+    with pytest.raises(TransientMailError, match="dropped"):
+        send(state, settings, transport_to(smtp_sink))
+    statuses = Counter(row["status"] for row in state.actions())
+    assert statuses == {"unconfirmed": SMTP_RECONNECTS + 1, "pending": 2}, statuses
+
+    smtp_sink.drop_every(0)  # the relay recovers; Airflow's retry sends the rest, once
+    assert send(state, settings, transport_to(smtp_sink))["emails_sent"] == 2
+    assert len(smtp_sink.messages) == len(addresses)
 
 
 def test_a_missing_templates_folder_fails_before_anything_is_claimed(state, settings, smtp_sink):
