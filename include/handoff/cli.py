@@ -656,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack = commands.add_parser(
         "stack", help="the production topology (Celery workers) as processes on this machine"
     )
-    stack.add_argument("action", choices=["up", "down"])
+    stack.add_argument("action", choices=["up", "down", "benchmark"])
     stack.add_argument("--home", type=Path, default=Path("var/stack"))
     stack.add_argument("--api-port", type=int, default=8080)
     stack.add_argument("--workers", type=int, default=2)
@@ -665,6 +665,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--trigger", action="store_true", help="up: unpause every DAG and trigger one run"
     )
     stack.add_argument("--purge", action="store_true", help="down: drop its databases and files")
+    stack.add_argument(
+        "--worker-counts", default="1,2", help="benchmark: the stacks to compare (workers)"
+    )
+    stack.add_argument("--deals", type=int, default=3000, help="benchmark: the org's deals")
+    stack.add_argument("--shards", type=int, default=4, help="benchmark: [dispatch].shards")
+    stack.add_argument("--rows-per-shard", type=int, default=100)
+    stack.add_argument(
+        "--relay-delay-ms", type=int, default=50, help="benchmark: the SMTP relay's latency"
+    )
 
     sink = commands.add_parser("smtp-sink", help="serve a local SMTP sink that keeps messages")
     sink.add_argument("--host", default="127.0.0.1")
@@ -768,6 +777,8 @@ def _stack(args: argparse.Namespace) -> int:
     from handoff.stack import StackError, StackOptions, describe, down, up
 
     home = args.home if args.home.is_absolute() else project_root() / args.home
+    if args.action == "benchmark":
+        return _stack_benchmark(args, home)
     if args.action == "down":
         stopped = down(home, purge=args.purge)
         print(f"Stopped: {', '.join(stopped) or 'nothing was running'}")
@@ -786,6 +797,33 @@ def _stack(args: argparse.Namespace) -> int:
             api.unpause(dag_id)
             print(f"Triggered {dag_id}: {api.trigger(dag_id)}")
     print(describe(stack))
+    return 0
+
+
+def _stack_benchmark(args: argparse.Namespace, home: Path) -> int:
+    """The same first run on stacks of 1, 2, ... workers: Airflow's own timings."""
+    from handoff.stack import measure_run
+
+    results = []
+    for workers in [int(n) for n in args.worker_counts.split(",")]:
+        result = measure_run(
+            home / f"bench-{workers}",
+            workers=workers,
+            concurrency=args.concurrency,
+            deals=args.deals,
+            shards=args.shards,
+            rows_per_shard=args.rows_per_shard,
+            relay_delay_ms=args.relay_delay_ms,
+        )
+        result["items_per_second"] = round(
+            (result["emails"] + result["tasks"]) / max(result["dispatch_seconds"], 0.001), 1
+        )
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    base = results[0]["items_per_second"]
+    for result in results[1:]:
+        ratio = result["items_per_second"] / base if base else float("nan")
+        print(f"{result['workers']} workers vs {results[0]['workers']}: dispatch x{ratio:.2f}")
     return 0
 
 
