@@ -40,6 +40,7 @@ DEVELOPMENT_MODULES = (
     "handoff.sandbox",
     "handoff.smtp_sink",
     "handoff.benchmark",
+    "handoff.benchmark_naive",
     "handoff.stack",
     "aiosmtpd",
 )

@@ -650,6 +650,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="steady-state: activities per client in the CRM, and the red-flag steps run",
     )
+    bench.add_argument(
+        "--naive",
+        action="store_true",
+        help="then run the naive peer (one API call per record, one SMTP connection per email) "
+        "on a copy of the same org, for the same runs (Salesforce only)",
+    )
     bench.add_argument("--seed", type=int, default=7)
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
 
@@ -693,6 +699,7 @@ DEVELOPMENT_MODULES = (
     "handoff.sandbox",
     "handoff.smtp_sink",
     "handoff.benchmark",
+    "handoff.benchmark_naive",
     "handoff.stack",
     "aiosmtpd",
 )
@@ -758,6 +765,9 @@ def _benchmark(args: argparse.Namespace) -> int:
 
     from handoff.benchmark import format_report, run_benchmark, run_steady_state
 
+    if args.naive and args.source != "salesforce":
+        print("handoff benchmark: the naive peer is written for Salesforce only", file=sys.stderr)
+        return 2
     logging.disable(logging.ERROR)  # the seeded bad-input deals would flood the report
     if args.scenario == "steady-state":
         result = run_steady_state(
@@ -766,9 +776,10 @@ def _benchmark(args: argparse.Namespace) -> int:
             seed=args.seed,
             source=args.source,
             activities=args.activities,
+            naive=args.naive,
         )
     else:
-        result = run_benchmark(args.deals, seed=args.seed, source=args.source)
+        result = run_benchmark(args.deals, seed=args.seed, source=args.source, naive=args.naive)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
