@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import time
 import urllib.request
 import uuid
@@ -29,6 +28,7 @@ from handoff.stack import (
     POSTGRES_SERVER,
     Stack,
     StackOptions,
+    crm_task_keys,
     down,
     drop_databases,
     free_port,
@@ -77,7 +77,7 @@ def chaos(tmp_path_factory) -> tuple[Stack, str, dict]:
     try:
         for rule in FAULTS:
             _post(f"{stack.sandbox_url}/__sandbox__/faults", rule)
-        seeded = _crm_task_keys(stack)  # the seed's history: tasks of an earlier install
+        seeded = crm_task_keys(stack.sandbox_db)  # the seed's history: tasks of an earlier install
         api = stack.api()
         dag_ids = list(SOURCE_DAGS)
         for dag_id in dag_ids:
@@ -123,22 +123,6 @@ def _kill_a_worker_mid_dispatch(stack: Stack, dag_ids: list[str]) -> dict:
                         return {"worker": worker, "task": f"{ti['task_id']}[{ti['map_index']}]"}
         time.sleep(0.3)
     pytest.fail("no dispatch shard ran")
-
-
-def _crm_task_keys(stack: Stack) -> dict[str, Counter[str]]:
-    """The Handoff keys of the tasks each CRM holds, read from the sandbox's own database."""
-    with sqlite3.connect(f"file:{stack.sandbox_db}?mode=ro", uri=True) as crm:
-        salesforce = Counter(
-            key for (key,) in crm.execute('SELECT "Handoff_Key__c" FROM "Task"') if key
-        )
-        hubspot = Counter(
-            key
-            for (props,) in crm.execute(
-                "SELECT properties FROM hubspot_object WHERE object_type = 'tasks' AND archived = 0"
-            )
-            if (key := json.loads(props).get("handoff_key"))
-        )
-    return {"salesforce": salesforce, "hubspot": hubspot}
 
 
 def test_airflow_retries_finish_every_run_after_the_worker_was_killed(chaos) -> None:
@@ -192,7 +176,7 @@ def test_every_due_step_went_out_once_or_is_recorded_with_its_reason(chaos) -> N
         for path in stack.mailbox.glob("*.eml")
     )
     assert not [mid for mid, n in received.items() if n > 1], "an email arrived twice"
-    crm_keys = _crm_task_keys(stack)
+    crm_keys = crm_task_keys(stack.sandbox_db)
     for source, keys in crm_keys.items():
         assert not [k for k, n in keys.items() if n > 1], f"{source} got a task twice"
 

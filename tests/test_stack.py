@@ -9,10 +9,8 @@ SMTP sink, which workers ran the dispatch shards, and what the UI shows. It tear
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import sqlite3
 import uuid
 from collections import Counter
 from email import message_from_bytes
@@ -20,7 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from handoff.stack import Stack, StackOptions, down, drop_databases, free_port, up
+from handoff.stack import (
+    Stack,
+    StackOptions,
+    crm_task_keys,
+    down,
+    drop_databases,
+    free_port,
+    up,
+)
 from tests.browser import Chromium, is_blank, require_chromium
 
 pytestmark = pytest.mark.stack
@@ -93,20 +99,10 @@ def test_clients_and_crms_get_each_email_and_task_once(stack: Stack, runs) -> No
     ids = Counter(str(m["Message-ID"]) for m in messages)
     assert not [i for i, n in ids.items() if n > 1], "an email went out twice"
 
-    with sqlite3.connect(f"file:{stack.sandbox_db}?mode=ro", uri=True) as crm:
-        salesforce_keys = [
-            key for (key,) in crm.execute('SELECT "Handoff_Key__c" FROM "Task"') if key
-        ]
-        hubspot_keys = [
-            json.loads(props).get("handoff_key")
-            for (props,) in crm.execute(
-                "SELECT properties FROM hubspot_object WHERE object_type = 'tasks' AND archived = 0"
-            )
-        ]
-    hubspot_keys = [key for key in hubspot_keys if key]
-    assert salesforce_keys and hubspot_keys, "tasks reached neither CRM"
+    keys = crm_task_keys(stack.sandbox_db)
+    salesforce_keys, hubspot_keys = keys["salesforce"], keys["hubspot"]
     for crm_name, keys in (("Salesforce", salesforce_keys), ("HubSpot", hubspot_keys)):
-        twice = [key for key, n in Counter(keys).items() if n > 1]
+        twice = [key for key, n in keys.items() if n > 1]
         assert not twice, f"{crm_name} got the same task twice: {twice[:5]}"
 
 

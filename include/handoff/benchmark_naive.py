@@ -44,8 +44,8 @@ from handoff.crm.salesforce import (
     _checked_id,
     _outcome,
     _text,
-    key_in_description,
     soql_datetime,
+    task_key,
 )
 from handoff.mail import smtp_transport
 from handoff.models import Contact, CrmTask, Person, WriteResult
@@ -226,11 +226,7 @@ class NaiveSalesforceCRM(SalesforceCRM):
                 soql = f"SELECT Id, Description FROM Task WHERE WhatId = '{deal_id}'"
             for page in self._pages(soql, include_deleted=False):
                 for record in page:
-                    if key_field:
-                        key = record.get(key_field)
-                    else:
-                        key = key_in_description(record.get("Description") or "")
-                    if key:
+                    if key := task_key(record, key_field):
                         found[key] = record["Id"]
         return found
 

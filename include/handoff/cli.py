@@ -220,8 +220,14 @@ def run_dag(
 # -- demo --------------------------------------------------------------------------------------
 
 
-def connection_env(salesforce_url: str, token: str, smtp_host: str, smtp_port: int) -> dict:
-    """Airflow connections (as ``AIRFLOW_CONN_*`` JSON) for the sandbox and the sink."""
+def sandbox_connections(
+    salesforce_url: str,
+    token: str,
+    smtp_host: str,
+    smtp_port: int,
+    unsubscribe_key: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The Airflow connections (by id) of the sandbox CRM and the SMTP sink."""
     salesforce = {
         "conn_type": "salesforce",
         "password": token,
@@ -235,13 +241,23 @@ def connection_env(salesforce_url: str, token: str, smtp_host: str, smtp_port: i
     }
     # The sandbox serves HubSpot's API on the same address, with the same token.
     hubspot = {"conn_type": "hubspot", "host": salesforce_url, "password": token}
-    # The key of unsubscribe tokens: a fresh random one per sandbox session.
-    unsubscribe = {"conn_type": "generic", "password": secrets.token_urlsafe(32)}
+    # The key of unsubscribe tokens: a fresh random one per sandbox session unless given.
+    key = unsubscribe_key or secrets.token_urlsafe(32)
     return {
-        "AIRFLOW_CONN_SALESFORCE_DEFAULT": json.dumps(salesforce),
-        "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(smtp),
-        "AIRFLOW_CONN_HUBSPOT_DEFAULT": json.dumps(hubspot),
-        "AIRFLOW_CONN_HANDOFF_UNSUBSCRIBE": json.dumps(unsubscribe),
+        "salesforce_default": salesforce,
+        "smtp_default": smtp,
+        "hubspot_default": hubspot,
+        "handoff_unsubscribe": {"conn_type": "generic", "password": key},
+    }
+
+
+def connection_env(salesforce_url: str, token: str, smtp_host: str, smtp_port: int) -> dict:
+    """The sandbox's connections as ``AIRFLOW_CONN_*`` JSON (for ``dag.test`` runs)."""
+    return {
+        f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(fields)
+        for conn_id, fields in sandbox_connections(
+            salesforce_url, token, smtp_host, smtp_port
+        ).items()
     }
 
 

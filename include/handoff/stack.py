@@ -27,6 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -206,7 +207,7 @@ def _secrets(home: Path) -> dict[str, str]:
     return values
 
 
-def airflow_environment(
+def stack_environment(
     options: StackOptions, root: Path, urls: Mapping[str, str], keys: Mapping[str, str]
 ) -> dict[str, str]:
     """The settings every process of the stack shares (what compose's ``x-airflow-common`` is)."""
@@ -250,28 +251,16 @@ def airflow_environment(
 
 
 def connections(sandbox_url: str, smtp_port: int, keys: Mapping[str, str]) -> dict[str, Any]:
-    """The connections the DAGs use, as ``airflow connections import`` reads them: stored in the
+    """The sandbox's connections as ``airflow connections import`` reads them: stored in the
     metadata database, so the UI lists them (the HubSpot one with its own form)."""
+    from handoff.cli import sandbox_connections
+
+    found = sandbox_connections(
+        sandbox_url, keys["sandbox_token"], "127.0.0.1", smtp_port, keys["unsubscribe_key"]
+    )
     return {
-        "salesforce_default": {
-            "conn_type": "salesforce",
-            "password": keys["sandbox_token"],
-            "extra": json.dumps({"instance_url": sandbox_url, "version": "59.0"}),
-        },
-        "hubspot_default": {
-            "conn_type": "hubspot",
-            "host": sandbox_url,
-            "password": keys["sandbox_token"],
-        },
-        "smtp_default": {
-            "conn_type": "smtp",
-            "host": "127.0.0.1",
-            "port": smtp_port,
-            "extra": json.dumps(
-                {"disable_ssl": True, "disable_tls": True, "timeout": 10, "retry_limit": 2}
-            ),
-        },
-        "handoff_unsubscribe": {"conn_type": "generic", "password": keys["unsubscribe_key"]},
+        conn_id: {k: json.dumps(v) if k == "extra" else v for k, v in fields.items()}
+        for conn_id, fields in found.items()
     }
 
 
@@ -352,7 +341,7 @@ def up(options: StackOptions) -> Stack:
     urls = create_databases(options.name)
     keys = _secrets(home)
     (home / "passwords.json").write_text(json.dumps({ADMIN: keys["admin_password"]}))
-    env = airflow_environment(options, root, urls, keys)
+    env = stack_environment(options, root, urls, keys)
     _write_env_file(home / "stack.env", env)
 
     pids: dict[str, int] = {}
@@ -713,7 +702,7 @@ def measure_run(
     try:
         api = stack.api()
         dag_id = f"handoff_{source}"
-        tasks_before = _crm_task_count(stack.sandbox_db, source)
+        tasks_before = crm_task_keys(stack.sandbox_db)[source].total()
         api.unpause(dag_id)
         api.trigger(dag_id)
         runs = api.wait_for_runs([dag_id], timeout)[dag_id]
@@ -737,23 +726,26 @@ def measure_run(
                 1,
             ),
             "emails": emails,
-            "tasks": _crm_task_count(stack.sandbox_db, source) - tasks_before,
+            "tasks": crm_task_keys(stack.sandbox_db)[source].total() - tasks_before,
             "hosts": sorted({ti["hostname"] for ti in dispatch}),
         }
     finally:
         down(home, purge=True)
 
 
-def _crm_task_count(sandbox_db: Path, source: str) -> int:
-    """Tasks with a Handoff key in the sandbox CRM, read from its own database."""
+def crm_task_keys(sandbox_db: Path) -> dict[str, Counter[str]]:
+    """The Handoff keys of the live tasks each sandbox CRM holds, from its own database."""
     import sqlite3
 
     with sqlite3.connect(f"file:{sandbox_db}?mode=ro", uri=True) as crm:
-        if source == "salesforce":
-            query = 'SELECT COUNT(*) FROM "Task" WHERE "Handoff_Key__c" IS NOT NULL'
-        else:
-            query = (
-                "SELECT COUNT(*) FROM hubspot_object WHERE object_type = 'tasks' "
-                "AND json_extract(properties, '$.handoff_key') IS NOT NULL"
+        salesforce = Counter(
+            key for (key,) in crm.execute('SELECT "Handoff_Key__c" FROM "Task"') if key
+        )
+        hubspot = Counter(
+            key
+            for (props,) in crm.execute(
+                "SELECT properties FROM hubspot_object WHERE object_type = 'tasks' AND archived = 0"
             )
-        return int(crm.execute(query).fetchone()[0])
+            if (key := json.loads(props).get("handoff_key"))
+        )
+    return {"salesforce": salesforce, "hubspot": hubspot}

@@ -549,11 +549,7 @@ class SalesforceCRM:
             soql = f"SELECT {columns} FROM Task WHERE {where}"
             for records in self._pages(soql, include_deleted=False):
                 for record in records:
-                    if key_field:
-                        key = record.get(key_field)
-                    else:
-                        key = key_in_description(record.get("Description") or "")
-                    if key:
+                    if key := task_key(record, key_field):
                         found[key] = record["Id"]
         return found
 
@@ -600,6 +596,13 @@ def neutralise_key_lines(text: str) -> str:
         f"(quoted) {line.strip()}" if _looks_like_key_line(line) else line
         for line in text.splitlines()
     )
+
+
+def task_key(record: Mapping[str, Any], key_field: str | None) -> str | None:
+    """The dedupe key of a Task record: its key field, or the last line of its description."""
+    if key_field:
+        return record.get(key_field)
+    return key_in_description(record.get("Description") or "")
 
 
 def key_in_description(description: str) -> str | None:
