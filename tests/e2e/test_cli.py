@@ -245,3 +245,44 @@ def test_handoff_run_source_hubspot_works_like_salesforce(
     assert summary["emails_sent"] > 0 and summary["tasks_created"] > 0
     assert summary["api_calls"] == sandbox.hubspot_stats()["api_calls"]
     assert sandbox.stats()["api_calls"] == 0, "nothing asked of Salesforce"
+
+
+def test_handoff_resend_puts_a_failed_email_back_for_the_next_run(
+    connections, sandbox, smtp_sink, capfd
+):
+    deal = SandboxOrg(sandbox.store).won_deal("Bounced at first", amount=75000)
+    smtp_sink.reject_recipient("ada@client.example")
+    code, output = handoff(capfd, "run", "--date", DAY)
+    assert last_json_line(output)["failed"] == 1, output
+    code, output = handoff(capfd, "resend", "--source", "salesforce", "--deal", "006nope")
+    assert code == 1 and "Nothing to re-send for deal 006nope" in output
+
+    smtp_sink.accept_recipient("ada@client.example")  # the address was fixed
+    code, output = handoff(capfd, "resend", "--source", "salesforce", "--deal", deal)
+    assert code == 0 and f"Re-send {deal} welcome_email (email)" in output, output
+    code, output = handoff(capfd, "run")  # the next run
+    assert code == 0, output
+
+    from handoff.state import StateStore
+
+    store = StateStore(connections["HANDOFF_STATE_URL"])
+    [welcome] = store.actions(deal_id=deal, step="welcome_email")
+    store.dispose()
+    assert welcome["status"] == "done", welcome
+    # The client got it once (the refused first try still reached the rep's and CSM's copies).
+    to_client = [
+        m
+        for m in smtp_sink.messages
+        if m.message["Message-ID"] == welcome["external_id"] and "ada@client.example" in m.rcpt_tos
+    ]
+    assert len(to_client) == 1
+    code, output = handoff(capfd, "resend", "--source", "salesforce", "--deal", deal)
+    assert code == 1 and "re-sending would repeat it" in output
+
+
+def test_handoff_pools_prints_what_airflow_pools_import_reads(capfd):
+    code, output = handoff(capfd, "pools")
+    pools = json.loads(output)
+    assert code == 0
+    assert set(pools) == {"handoff_salesforce", "handoff_hubspot", "handoff_smtp"}
+    assert all(pool["slots"] >= 1 and pool["description"] for pool in pools.values())

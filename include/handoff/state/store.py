@@ -899,7 +899,7 @@ class StateStore:
         step: str | None = None,
         checked_not_delivered: bool = False,
     ) -> tuple[list[OutboxRow], list[tuple[OutboxRow, str]]]:
-        """A person's re-send: the deal's failed steps go back to pending, due at ``at``.
+        """A person's re-send at ``at``: the deal's failed steps go back to pending.
 
         An unconfirmed step (its answer never came) goes back only when the person checked the
         mailbox or the CRM and it is not there (``checked_not_delivered``): re-sending it blindly
@@ -922,8 +922,8 @@ class StateStore:
                     update(outbox)
                     .where(outbox.c.id == row.id, outbox.c.status == row.status)
                     .values(
+                        # Still due (since its first time): the next run, or one triggered now.
                         status=ActionStatus.PENDING,
-                        due_at=at,
                         # The person decided it is still worth sending: no lateness limit.
                         not_after=None,
                         claimed_by=None,
