@@ -9,8 +9,14 @@ missed nor processed twice.
 Activities: Task, Event and EmailMessage are three streams, each read like the deals (one
 ``queryAll`` stream ordered by ``SystemModstamp, Id``, deleted rows included) for a batch of
 deals at a time: what is logged on the opportunities, and for Task and Event also on their
-primary contacts (``WhoId``). A batch keeps the request URI, where the statement travels, well
-under Salesforce's 16,384 bytes (and the statement far under its 100,000 characters).
+primary contacts (``WhoId``).
+
+Long id lists: a statement that fits the request URI (Salesforce reads at most 16,384 bytes of
+URI and headers) goes as a plain query; a longer one goes in the body of a Composite request
+with one query subrequest, as Salesforce advises, so a batch of ids is bounded by the
+statement's 100,000 characters instead. Either way a page holds 2,000 records and the next
+pages are read with ``nextRecordsUrl``: ids per statement change the number of queries, never
+the number of pages.
 
 Dedupe keys: Salesforce allows no external-id field on Task, so a task's key goes into a custom
 text field named in config (free text cannot forge it), or, where the org has none, onto the
@@ -22,17 +28,19 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cached_property, partial
 from typing import Any, TypeVar
+from urllib.parse import urlencode, urlsplit
 
 import pandas as pd
 import requests
-from more_itertools import chunked
+from more_itertools import chunked, constrained_batches
 from simple_salesforce import Salesforce
-from simple_salesforce.exceptions import SalesforceError
+from simple_salesforce.exceptions import SalesforceError, SalesforceGeneralError
 
 from handoff.config import ActivityOutcomes, Settings
 from handoff.crm.base import (
@@ -53,10 +61,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 COLLECTION_LIMIT = 200  # sObject Collections take at most 200 records a call
-IN_CLAUSE_CHUNK = 200  # ids per IN (...) list: keeps the query URL well under 16 KB
-# Deals per activity query: 200 opportunity ids and 200 contact ids make a URI of about 13 KB
-# (each quoted id is 30 bytes URL-encoded), under the 16,384 bytes Salesforce reads.
-ACTIVITY_CHUNK = 200
+# A query whose URI would be longer goes through the Composite resource (the URI and the
+# headers share 16,384 bytes; a session token and the usual headers take well under 2,000).
+QUERY_URI_BUDGET = 14_000
+# Characters of id lists in one statement (Salesforce's limit is 100,000 for the whole
+# statement; the fields and the other conditions fit in the rest).
+ID_LIST_BUDGET = 90_000
+COMPOSITE_READ_ATTEMPTS = 4  # a Composite query is a read: a 5xx or a dropped line is retried
+ORG_CHANGES_FROM = 200  # deals: an incremental read for more reads the org's changes at once
 DESCRIPTION_LIMIT = 32000  # Task.Description is a long text area of 32,000 characters
 SALESFORCE_ID = re.compile(r"^[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?$")
 KEY_LINE = "Handoff key: "
@@ -188,7 +200,7 @@ class SalesforceCRM:
     def _pages(self, soql: str, *, include_deleted: bool) -> Iterator[list[dict[str, Any]]]:
         """Follow ``nextRecordsUrl`` until ``done``: one query stream, page by page."""
         what = "a query on " + soql.split(" FROM ", 1)[-1].split(" ", 1)[0]
-        result = self._call(what, lambda: self.client.query(soql, include_deleted=include_deleted))
+        result = self._first_page(soql, what, include_deleted=include_deleted)
         while True:
             if result.get("records"):
                 yield result["records"]
@@ -203,6 +215,37 @@ class SalesforceCRM:
                     include_deleted=include_deleted,
                 ),
             )
+
+    def _first_page(self, soql: str, what: str, *, include_deleted: bool) -> dict[str, Any]:
+        """A query's first page: in the URI when it fits, else in a Composite request's body."""
+        resource = "queryAll/" if include_deleted else "query/"
+        target = f"{urlsplit(self.client.base_url).path}{resource}?{urlencode({'q': soql})}"
+        if len(target) <= QUERY_URI_BUDGET:
+            return self._call(
+                what, lambda: self.client.query(soql, include_deleted=include_deleted)
+            )
+        body = {
+            "allOrNone": False,
+            "compositeRequest": [{"method": "GET", "url": target, "referenceId": "page"}],
+        }
+        for attempt in range(COMPOSITE_READ_ATTEMPTS):
+            try:
+                answer = self._call(
+                    what, lambda: self.client.restful("composite", method="POST", json=body)
+                )
+                page = answer["compositeResponse"][0]
+                status = int(page.get("httpStatusCode") or 0)
+                if status >= 300:
+                    error = SalesforceGeneralError(target, status, "composite", page.get("body"))
+                    raise _outcome(error, what, write=False)
+                return page["body"]
+            except CrmUnavailable:
+                # A POST is never retried by the transport; this one only reads, so it may be.
+                if attempt == COMPOSITE_READ_ATTEMPTS - 1:
+                    raise
+                log.info("Retrying %s through Composite (attempt %s)", what, attempt + 2)
+                time.sleep(min(0.5 * 2**attempt, 8.0))
+        raise AssertionError("unreachable")
 
     def _deal_frame(self, records: list[dict[str, Any]]) -> pd.DataFrame:
         csm = self.csm_relationship
@@ -296,7 +339,7 @@ class SalesforceCRM:
         until: datetime,
     ) -> Iterator[pd.DataFrame]:
         """Activities of one stream on these deals, modified in ``[since, until)``, one frame a
-        page of one batch's query (``ACTIVITY_CHUNK`` deals a query).
+        page of one batch's query (as many deals a statement as its id lists allow).
 
         A record on one of the deals belongs to it; a record on none of them but on a deal's
         primary contact belongs to each deal that contact is primary on (a record on another
@@ -306,12 +349,13 @@ class SalesforceCRM:
             raise ValueError(f"{stream!r} is not an activity stream of Salesforce")
         given = {_checked_id(deal_id): contact for deal_id, contact in deals.items()}
         log.info("Reading %s of %s deals changed in [%s, %s)", stream, len(given), since, until)
-        if since is not None and len(given) > ACTIVITY_CHUNK:
+        if since is not None and len(given) > ORG_CHANGES_FROM:
             # An hour's changes: one query over the whole org (a page per 2,000 records)
-            # costs less than one query per 200 deals; what is on none of them is dropped.
+            # costs less than reading them deal by deal; what is on none of them is dropped.
             yield from self._org_changes(stream, given, since, until)
             return
-        for chunk in chunked(sorted(given), ACTIVITY_CHUNK):
+        ids_per_deal = 1 if stream == "EmailMessage" else 2  # the deal, and its contact
+        for chunk in _in_lists(sorted(given), ids_per_value=ids_per_deal):
             deals_of: dict[str, list[str]] = {}
             for deal_id in chunk:
                 contact = given[deal_id]
@@ -413,7 +457,7 @@ class SalesforceCRM:
 
     def primary_contacts(self, deal_ids: Sequence[str]) -> dict[str, Contact]:
         contacts: dict[str, Contact] = {}
-        for chunk in chunked([_checked_id(i) for i in deal_ids], IN_CLAUSE_CHUNK):
+        for chunk in _in_lists([_checked_id(i) for i in deal_ids]):
             ids = ", ".join(f"'{deal_id}'" for deal_id in chunk)
             extra = "".join(f", Contact.{field}" for field in self._contact_fields().values())
             soql = (
@@ -483,7 +527,7 @@ class SalesforceCRM:
         """CRM users by email (lower-cased), e.g. the configured executive who owns tasks."""
         wanted = sorted({e.strip().lower() for e in emails if e and "'" not in e})
         users: dict[str, Person] = {}
-        for chunk in chunked(wanted, IN_CLAUSE_CHUNK):
+        for chunk in _in_lists(wanted):
             listed = ", ".join(f"'{email}'" for email in chunk)
             soql = f"SELECT Id, Name, Email, IsActive FROM User WHERE Email IN ({listed})"
             for records in self._pages(soql, include_deleted=False):
@@ -543,7 +587,7 @@ class SalesforceCRM:
         found: dict[str, str] = {}
         key_field = self.task_key_field
         columns = f"Id, {key_field}" if key_field else "Id, Description"
-        for chunk in chunked(sorted({_checked_id(i) for i in deal_ids}), IN_CLAUSE_CHUNK):
+        for chunk in _in_lists(sorted({_checked_id(i) for i in deal_ids})):
             ids = ", ".join(f"'{deal_id}'" for deal_id in chunk)
             where = f"WhatId IN ({ids})" + (f" AND {key_field} != null" if key_field else "")
             soql = f"SELECT {columns} FROM Task WHERE {where}"
@@ -694,6 +738,14 @@ def _outcome(exc: SalesforceError, what: str, *, write: bool) -> CrmError:
         "retrying now cannot help",
     }.get(status, "the request does not fit this org (check the field names in the config)")
     return CrmFatalError(f"{detail}. {hint}")
+
+
+def _in_lists(values: Sequence[str], *, ids_per_value: int = 1) -> Iterator[tuple[str, ...]]:
+    """Values in batches whose ``IN ('a', 'b', ...)`` lists fit ``ID_LIST_BUDGET`` characters
+    (``ids_per_value``: how many lists each value puts an id in)."""
+    return constrained_batches(
+        values, ID_LIST_BUDGET, get_len=lambda value: (len(value) + 4) * ids_per_value
+    )
 
 
 def _checked_id(value: str) -> str:

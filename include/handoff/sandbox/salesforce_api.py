@@ -4,8 +4,9 @@ The real ``simple_salesforce`` client must work against it unchanged, so paths,
 status codes, body shapes and error codes follow Salesforce (API v59.0, any
 ``vNN.N`` accepted), and so do its limits: a URI of at most 16,384 bytes, a SOQL
 statement of at most 100,000 characters, 2,000 records a page, 200 records a
-collection write. Control endpoints under ``/__sandbox__/`` sit outside the
-API: they need no session and are not counted as API calls.
+collection write. The Composite resource runs queries only (a statement too long for a URI
+travels in its body, as Salesforce advises), at most 25 a request. Control endpoints under
+``/__sandbox__/`` sit outside the API: they need no session and are not counted as API calls.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -51,6 +52,7 @@ API_LIMIT = 15000
 MAX_URI_BYTES = 16_384
 PAGE_SIZE = 2000
 COLLECTION_LIMIT = 200
+COMPOSITE_LIMIT = 25  # subrequests in one Composite request
 _MAX_CURSORS = 200
 _VERSION = re.compile(r"^v(\d{2,3}\.\d)(?:/(.*))?$")
 _LOCATOR = re.compile(r"^(01g[0-9A-Za-z]{15})-(\d+)$")
@@ -388,6 +390,8 @@ class SalesforceApi:
                 ("PATCH", "update", self._update),
                 ("DELETE", "delete", self._delete),
             ]
+        elif parts == ["composite"]:
+            table = [("POST", "composite", self._composite)]
         elif parts == ["composite", "sobjects"]:
             table = [
                 ("POST", "composite_sobjects", self._composite_create),
@@ -439,23 +443,61 @@ class SalesforceApi:
 
     def _query(self, request: Request, body: bytes) -> _Answer:
         version, parts = self._parts(request)
-        soql = request.query_params.get("q")
+        options = _BATCH_SIZE.search(request.headers.get("sforce-query-options", ""))
+        batch = min(PAGE_SIZE, max(200, int(options.group(1)))) if options else PAGE_SIZE
+        return self._run_query(version, parts[0], request.query_params.get("q"), batch)
+
+    def _run_query(self, version: str, endpoint: str, soql: str | None, batch: int) -> _Answer:
+        """A query's first page (``endpoint``: query or queryAll), from a URI or a subrequest."""
         if soql is None:
             return _error(400, "MALFORMED_QUERY", "A query string has to be specified")
-        endpoint = parts[0]
         compiled = compile_soql(soql, include_deleted=endpoint == "queryAll")
         if compiled.count_only:
             return _Answer(
                 200, {"totalSize": compiled.count(self.store), "done": True, "records": []}
             )
-        batch = PAGE_SIZE
-        options = _BATCH_SIZE.search(request.headers.get("sforce-query-options", ""))
-        if options:
-            batch = min(PAGE_SIZE, max(200, int(options.group(1))))
         ids = compiled.ids(self.store)
         cursor = _Cursor(compiled, ids, batch, endpoint)
         locator = self.cursors.open(cursor) if len(ids) > batch else ""
         return self._page(cursor, locator, 0, version)
+
+    def _composite(self, request: Request, body: bytes) -> _Answer:
+        """The Composite resource, for queries only: each subrequest answered on its own
+        (``allOrNone`` changes nothing for reads), in order, under its ``referenceId``."""
+        payload = self._json(body)
+        subrequests = payload.get("compositeRequest") if isinstance(payload, dict) else None
+        if not isinstance(subrequests, list) or not subrequests:
+            return _error(400, "JSON_PARSER_ERROR", 'Expected {"compositeRequest": [...]}')
+        if len(subrequests) > COMPOSITE_LIMIT:
+            message = f"Composite requests are limited to {COMPOSITE_LIMIT} subrequests"
+            return _error(400, "INVALID_INPUT", message)
+        answers = []
+        for sub in subrequests:
+            answer = self._composite_query(sub)
+            reference = sub.get("referenceId") if isinstance(sub, dict) else None
+            answers.append(
+                {
+                    "body": answer.body,
+                    "httpHeaders": {},
+                    "httpStatusCode": answer.status,
+                    "referenceId": reference,
+                }
+            )
+        return _Answer(200, {"compositeResponse": answers})
+
+    def _composite_query(self, sub: Any) -> _Answer:
+        if not isinstance(sub, dict) or sub.get("method") != "GET":
+            return _error(400, "INVALID_INPUT", "The sandbox's Composite resource runs queries")
+        url = urlsplit(str(sub.get("url", "")))
+        match = _VERSION.match(url.path.removeprefix("/services/data/"))
+        endpoint = (match.group(2) or "").strip("/") if match else ""
+        if match is None or endpoint not in ("query", "queryAll"):
+            return _error(400, "INVALID_INPUT", "The sandbox's Composite resource runs queries")
+        soql = parse_qs(url.query).get("q", [None])[0]
+        try:
+            return self._run_query(match.group(1), endpoint, soql, PAGE_SIZE)
+        except SoqlError as exc:
+            return _error(400, exc.error_code, exc.message)
 
     def _query_more(self, request: Request, body: bytes) -> _Answer:
         version, parts = self._parts(request)
