@@ -11,7 +11,7 @@ from alembic.config import Config
 
 from handoff.models import ActionKind, ActionStatus, DealIssue, PlannedAction
 from handoff.state import StateStore
-from handoff.state.store import MIGRATIONS
+from handoff.state.store import MIGRATIONS, Since
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 TASK = ActionKind.TASK
@@ -333,3 +333,30 @@ def test_a_run_summary_lists_only_its_own_sources_rows(store, settings):
         store.finish(claimed.dedupe_key, "w", ActionStatus.DONE, run.run_id, external_id="x")
     summary = summarise(store, settings, "salesforce", run, api_calls=0)
     assert [t["deal_id"] for t in summary["tasks"]] == ["006A"]
+
+
+def test_an_hours_detection_reads_two_index_ranges_not_every_stored_deal(tmp_path):
+    """What changed or was won since the last detection, found through the indexes on
+    updated_at and won_at: the cost of a quiet hour does not grow with the deals stored."""
+    store = StateStore(f"sqlite:///{tmp_path / 'plan.db'}")
+    store.migrate()
+    store.save_deals("salesforce", "deals", [deal_row("006OLD", won_at=T0)], T0)
+    later = datetime.now(UTC)
+    since = Since(saved=later, window_end=T0 + timedelta(hours=1))
+    store.save_deals(
+        "salesforce",
+        "deals",
+        [deal_row("006NOW", won_at=T0), deal_row("006WON", won_at=T0 + timedelta(hours=2))],
+        T0 + timedelta(seconds=1),
+    )
+    window = (T0 - timedelta(days=90), T0 + timedelta(days=1))
+    query = store._candidates("salesforce", *window, since)
+    with store.engine.connect() as conn:
+        assert conn.execute(query).scalars().all() == ["006NOW", "006WON"]
+        compiled = query.compile(store.engine)
+        params = tuple(compiled.params[name] for name in compiled.positiontup)
+        plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params)]
+    assert any("ix_handoff_deals_updated_at (updated_at>?)" in step for step in plan), plan
+    assert any("ix_handoff_deals_won_at (won_at>?)" in step for step in plan), plan
+    assert not any(step.endswith("(source=?)") for step in plan), plan
+    store.dispose()

@@ -37,6 +37,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    union,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -271,9 +272,14 @@ class StateStore:
             deals.c.won_at < window_end,
         )
         if since is not None:  # only what can have changed since the last detection
-            query = query.where(
-                or_(deals.c.updated_at >= since.saved, deals.c.won_at >= since.window_end)
+            # A union, not an OR, and no source on either side: each side is then a range on
+            # its own index (the outer query keeps the source), so an hour's candidates cost
+            # the same in a store of 5,000 deals as in one of 200,000.
+            changed = union(
+                select(deals.c.deal_id).where(deals.c.updated_at >= since.saved),
+                select(deals.c.deal_id).where(deals.c.won_at >= since.window_end),
             )
+            query = query.where(deals.c.deal_id.in_(changed.scalar_subquery()))
         return query.order_by(deals.c.won_at, deals.c.deal_id)
 
     def onboarding_candidates(
