@@ -238,3 +238,47 @@ def test_our_own_emails_logged_in_the_crm_are_not_a_persons_outreach() -> None:
     aware = evaluate(RuleInput(deals, activities, as_of, RedFlagSettings(), WINDOW, sent))
     assert "slow_client_response" not in set(aware["code"])
     assert "no_first_contact" in set(aware["code"])
+
+
+def test_a_deals_flags_do_not_depend_on_the_other_deals_evaluated_with_it() -> None:
+    """Each deal's flags and reasons are its own: evaluating it alone gives the same rows as
+    evaluating it among all the others (the reasons are worded per deal, not per batch)."""
+    today = date(2026, 12, 4)
+    deals, activities = scenario(today)
+    as_of = datetime.combine(today, time(12), tzinfo=UTC)
+    together = evaluate(RuleInput(deals, activities, as_of, RedFlagSettings(), WINDOW))
+    alone = pd.concat(
+        [
+            evaluate(
+                RuleInput(
+                    deals[deals["deal_id"] == deal_id].reset_index(drop=True),
+                    activities[activities["deal_id"] == deal_id],
+                    as_of,
+                    RedFlagSettings(),
+                    WINDOW,
+                )
+            )
+            for deal_id in deals["deal_id"]
+        ],
+        ignore_index=True,
+    ).sort_values(["deal_id", "code"], ignore_index=True)
+    assert together.to_dict("records") == alone.to_dict("records")
+
+
+def test_no_first_contact_names_each_clients_own_business_hours() -> None:
+    monday = datetime(2026, 11, 30, 14, tzinfo=UTC)  # 09:00 in New York
+    deals = pd.DataFrame(
+        [deal_row("early", monday), deal_row("later", monday + timedelta(hours=1))]
+    )
+    deals["won_at"] = pd.to_datetime(deals["won_at"], utc=True)
+    as_of = monday + timedelta(hours=7)  # 16:00 in New York
+    found = evaluate(
+        RuleInput(deals, pd.DataFrame(columns=ACTIVITY_COLUMNS), as_of, RedFlagSettings(), WINDOW)
+    )
+    first_contact = found[found["code"] == "no_first_contact"]
+    reasons = dict(zip(first_contact["deal_id"], first_contact["reason"], strict=True))
+    since = "no one from customer success has contacted the client since the win on Mon 30 Nov"
+    assert reasons == {
+        "early": f"{since} (7 of their business hours; the target is 4 h)",
+        "later": f"{since} (6 of their business hours; the target is 4 h)",
+    }

@@ -159,7 +159,7 @@ def classify_activities(data: RuleInput) -> pd.DataFrame:
     acts["booked"] = meeting & ~past & ~outcome.isin(["cancelled", "no_show"])
     completed_task = (kind == "task") & (outcome == "completed") & past
     call_done = (kind == "call") & (outcome == "completed") & past
-    ours = _sent_by_us(acts, data.sent) & (kind == "email") & (direction == "outbound")
+    ours = _sent_by_us(acts, data.sent)
     acts["cs_touch"] = past & (
         ((direction == "outbound") & kind.isin(["email", "call"]) & ~ours)
         | acts["held"]
@@ -193,22 +193,34 @@ def classify_activities(data: RuleInput) -> pd.DataFrame:
 
 
 def _sent_by_us(acts: pd.DataFrame, sent: pd.DataFrame | None) -> pd.Series:
-    """Activities that are the CRM's copy of one of our playbook emails to that deal."""
+    """Outbound emails that are the CRM's copy of one of our playbook emails to that deal."""
+    found = pd.Series(False, index=acts.index)
     if sent is None or sent.empty or acts.empty:
-        return pd.Series(False, index=acts.index)
+        return found
 
     def key(deal: pd.Series, subject: pd.Series) -> pd.Series:
         return deal.astype(str) + "\x1f" + subject.astype(object).fillna("").str.strip().str.lower()
 
     ours = set(key(sent["deal_id"], sent["subject"]))
-    return key(acts["deal_id"], acts["subject"]).isin(ours)
+    emails = acts[(acts["kind"] == "email") & (acts["direction"] == "outbound")]
+    found[emails.index] = key(emails["deal_id"], emails["subject"]).isin(ours).to_numpy(bool)
+    return found
 
 
 # -- the rules --------------------------------------------------------------------------------
 
 
-def _flags(deals: pd.DataFrame, mask: pd.Series, code: str, reasons: pd.Series) -> pd.DataFrame:
-    hit = deals[mask.reindex(deals.index, fill_value=False)]
+def _no_flags() -> pd.DataFrame:
+    return pd.DataFrame(columns=["deal_id", "code", "reason"])
+
+
+def _holding(deals: pd.DataFrame, mask: pd.Series) -> pd.DataFrame:
+    """The deals a rule holds for: their reasons are worded for them only (a few of many)."""
+    return deals[mask.reindex(deals.index, fill_value=False)]
+
+
+def _flags(hit: pd.DataFrame, code: str, reasons: pd.Series) -> pd.DataFrame:
+    """One flag per deal of ``hit``, with its reason (``reasons`` shares the deals' index)."""
     return pd.DataFrame(
         {"deal_id": hit["deal_id"], "code": code, "reason": reasons.reindex(hit.index)}
     )
@@ -240,14 +252,16 @@ def _handoff_doc_incomplete(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame
     missing = deals["missing_doc"].map(
         lambda keys: [HANDOFF_DOC_LABELS.get(k, k).split(" (")[0].lower() for k in keys or []]
     )
-    mask = missing.map(bool)
-    rep = deals["owner_name"].astype(object).fillna("the rep")
+    hit = _holding(deals, missing.map(bool))
+    if hit.empty:
+        return _no_flags()
+    rep = hit["owner_name"].astype(object).fillna("the rep")
     reasons = (
         rep
         + " has not filled in these parts of the handoff document: "
-        + missing.map(lambda fields: "; ".join(fields))
+        + missing[hit.index].map(lambda fields: "; ".join(fields))
     )
-    return _flags(deals, mask, "handoff_doc_incomplete", reasons)
+    return _flags(hit, "handoff_doc_incomplete", reasons)
 
 
 def _no_first_contact(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
@@ -258,15 +272,18 @@ def _no_first_contact(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
         deals["won_at"], as_of, deals["zone"], deals["country"], data.window
     )
     limit = data.settings.first_contact_hours
-    mask = ~touched & (waited > limit)
-    won = _day(deals["won_at"], deals["zone"])
+    late = _holding(deals, ~touched & (waited > limit))
+    if late.empty:
+        return _no_flags()
+    waited = waited[late.index]
     reasons = (
         "no one from customer success has contacted the client since the win on "
-        + won
-        + f" ({waited.round().astype('Int64').astype(str)} of their business hours; the target is "
-        + f"{limit:g} h)"
+        + _day(late["won_at"], late["zone"])
+        + " ("
+        + waited.round().astype("Int64").astype(str)
+        + f" of their business hours; the target is {limit:g} h)"
     )
-    return _flags(deals, mask, "no_first_contact", reasons)
+    return _flags(late, "no_first_contact", reasons)
 
 
 def _no_kickoff(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
@@ -274,18 +291,21 @@ def _no_kickoff(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
     s = data.settings
     kicked_off = _per_deal(deals, acts[acts["kickoff"]].groupby("deal_id").size()).fillna(0) > 0
     deadline = deals["won_at"] + pd.Timedelta(days=s.kickoff_by_day)
-    mask = ~kicked_off & (deadline < pd.Timestamp(data.as_of))
-    meetings = acts[(acts["kind"] == "meeting") & _matches(acts["subject"], s.kickoff_phrases)]
+    late = _holding(deals, ~kicked_off & (deadline < pd.Timestamp(data.as_of)))
+    if late.empty:
+        return _no_flags()
+    meetings = acts[acts["kind"] == "meeting"]
+    meetings = meetings[_matches(meetings["subject"], s.kickoff_phrases)]
     last = meetings.sort_values("occurred_at").drop_duplicates("deal_id", keep="last")
     last = last.set_index("deal_id")
-    status = _per_deal(deals, last["outcome"].astype(object).fillna("scheduled"))
-    when = _day(_per_deal(deals, last["occurred_at"]), deals["zone"])
-    detail = pd.Series(" and none is booked", index=deals.index)
+    status = _per_deal(late, last["outcome"].astype(object).fillna("scheduled"))
+    when = _day(_per_deal(late, last["occurred_at"]), late["zone"])
+    detail = pd.Series(" and none is booked", index=late.index)
     detail = detail.mask(status == "cancelled", "; the last one, on " + when + ", was cancelled")
     detail = detail.mask(status == "no_show", "; the client missed the one on " + when)
     detail = detail.mask(status == "scheduled", "; one is booked for " + when)
     reasons = f"no kickoff meeting held by day {s.kickoff_by_day}" + detail
-    return _flags(deals, mask, "no_kickoff", reasons)
+    return _flags(late, "no_kickoff", reasons)
 
 
 def _slow_client_response(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
@@ -296,7 +316,7 @@ def _slow_client_response(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
     outreach = acts[acts["outreach"]].sort_values("occurred_at")
     answers = acts[acts["client_touch"]].sort_values("occurred_at")
     if outreach.empty:
-        return pd.DataFrame(columns=["deal_id", "code", "reason"])
+        return _no_flags()
     keys = ["deal_id", "occurred_at"]
     before = pd.merge_asof(
         outreach[["deal_id", "occurred_at", "owner_id", "subject"]],
@@ -333,6 +353,9 @@ def _slow_client_response(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
         latest["occurred_at"], ended, latest["zone"], latest["country"], data.window
     )
     slow = hours > limit
+    if not slow.any():
+        return _no_flags()
+    latest, hours = latest[slow], hours[slow]
     sender = pd.Series("our", index=latest.index, dtype=object)
     sender = sender.mask(latest["owner_id"] == latest["rep_id"], latest["rep_name"] + "'s")
     sender = sender.mask(latest["owner_id"] == latest["csm_id"], latest["csm_name"] + "'s")
@@ -361,9 +384,8 @@ def _slow_client_response(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
         + "')"
     )
     reasons = open_reason.where(latest["answered_at"].isna(), late_reason)
-    hit = latest[slow]
     return pd.DataFrame(
-        {"deal_id": hit.index, "code": "slow_client_response", "reason": reasons[slow].to_numpy()}
+        {"deal_id": latest.index, "code": "slow_client_response", "reason": reasons.to_numpy()}
     )
 
 
@@ -375,23 +397,27 @@ def _missed_meetings(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
     shows["after_held"] = _lookup(shows["deal_id"], last_held)
     shows = shows[shows["after_held"].isna() | (shows["occurred_at"] > shows["after_held"])]
     shows = shows.merge(deals[["deal_id", "zone"]], on="deal_id")
-    shows["label"] = (
+    counts = _per_deal(deals, shows.groupby("deal_id").size()).fillna(0)
+    hit = _holding(deals, counts >= data.settings.missed_meetings)
+    if hit.empty:
+        return _no_flags()
+    shows = shows.sort_values("occurred_at")
+    shows = shows[shows["deal_id"].isin(hit["deal_id"])]
+    labels = (
         "'"
         + shows["subject"].astype(object).fillna("a meeting")
         + "' on "
         + _day(shows["occurred_at"], shows["zone"])
     )
-    grouped = shows.sort_values("occurred_at").groupby("deal_id")["label"].agg(list)
-    counts = _per_deal(deals, grouped.map(len)).fillna(0)
-    mask = counts >= data.settings.missed_meetings
-    listed = _per_deal(deals, grouped.map(", ".join)).astype(object).fillna("")
+    grouped = labels.groupby(shows["deal_id"]).agg(list)
+    listed = _per_deal(hit, grouped.map(", ".join)).astype(object).fillna("")
     reasons = (
         "the client missed "
-        + counts.astype(int).astype(str)
+        + counts[hit.index].astype(int).astype(str)
         + " meetings since the last one they attended: "
         + listed
     )
-    return _flags(deals, mask, "missed_meetings", reasons)
+    return _flags(hit, "missed_meetings", reasons)
 
 
 def _scope_creep(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
@@ -414,7 +440,7 @@ def _scope_creep(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
     phrase_reason = _per_deal(deals, said).astype(object)
     ticked = deals["scope_change"].astype(object).fillna(False).astype(bool)
     reasons = phrase_reason.fillna("the deal is marked in the CRM as asking for a change of scope")
-    return _flags(deals, phrase_reason.notna() | ticked, "scope_creep", reasons)
+    return _flags(_holding(deals, phrase_reason.notna() | ticked), "scope_creep", reasons)
 
 
 def _no_first_win(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
@@ -423,7 +449,7 @@ def _no_first_win(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
     won = _per_deal(deals, acts[acts["milestone"]].groupby("deal_id").size()).fillna(0) > 0
     mask = ~won & (deals["won_at"] + pd.Timedelta(days=by_day) < pd.Timestamp(data.as_of))
     reasons = pd.Series(f"no first win (milestone) logged by day {by_day}", index=deals.index)
-    return _flags(deals, mask, "no_first_win", reasons)
+    return _flags(_holding(deals, mask), "no_first_win", reasons)
 
 
 def _gone_quiet(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
@@ -435,13 +461,14 @@ def _gone_quiet(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
     since = last.fillna(deals["won_at"])
     booked = _per_deal(deals, acts[acts["booked"]].groupby("deal_id").size()).fillna(0) > 0
     silent = (as_of - since) / pd.Timedelta(days=1)
-    mask = (silent > quiet_days) & ~booked
-    heard = _day(since, deals["zone"])
+    hit = _holding(deals, (silent > quiet_days) & ~booked)
+    if hit.empty:
+        return _no_flags()
     reasons = (
         "nothing from the client for "
-        + silent.astype(int).astype(str)
+        + silent[hit.index].astype(int).astype(str)
         + " days (last: "
-        + heard
+        + _day(since[hit.index], hit["zone"])
         + "), and no meeting is booked"
     )
-    return _flags(deals, mask, "gone_quiet", reasons)
+    return _flags(hit, "gone_quiet", reasons)

@@ -92,29 +92,47 @@ def extract_activities(
 
 def rule_deals(onboarding: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """One row per onboarding deal with what the rules read (zone, people, the document)."""
+    places: dict[tuple[str | None, ...], tuple[str, str]] = {}
     rows = []
-    for item in onboarding.itertuples():
-        deal = Deal.from_record(item.record)
-        place = client_place(deal, settings)
+    for won_at, record in zip(onboarding["won_at"], onboarding["record"], strict=True):
+        deal = Deal.from_record(record)
+        where = _place_key(deal)
+        if where not in places:
+            place = client_place(deal, settings)
+            places[where] = (place.zone.key, place.country or "")
+        zone, country = places[where]
+        owner, csm = deal.owner, deal.csm
         rows.append(
-            {
-                "deal_id": deal.deal_id,
-                "won_at": item.won_at,
-                "zone": place.zone.key,
-                "country": place.country or "",
-                "owner_id": deal.owner.id if deal.owner else None,
-                "owner_name": deal.owner.name if deal.owner else None,
-                "csm_id": deal.csm.id if deal.csm else None,
-                "csm_name": deal.csm.name if deal.csm else None,
-                "missing_doc": deal.missing_handoff_fields(),
-                "scope_change": deal.scope_change,
-                "label": deal.label(),
-                "account": deal.account_name or deal.name,
-            }
+            (
+                deal.deal_id,
+                won_at,
+                zone,
+                country,
+                owner.id if owner else None,
+                owner.name if owner else None,
+                csm.id if csm else None,
+                csm.name if csm else None,
+                deal.missing_handoff_fields(),
+                deal.scope_change,
+                deal.label(),
+                deal.account_name or deal.name,
+            )
         )
-    frame = pd.DataFrame(rows, columns=[*DEAL_FIELDS, "label", "account"])
+    frame = pd.DataFrame.from_records(rows, columns=[*DEAL_FIELDS, "label", "account"])
     frame["won_at"] = pd.to_datetime(frame["won_at"], utc=True)
     return frame
+
+
+def _place_key(deal: Deal) -> tuple[str | None, ...]:
+    """What ``client_place`` reads of a deal: deals alike in these share one place (clients of
+    one org sit in a few dozen zones and countries), so it is worked out once for them."""
+    contact = deal.primary_contact
+    return (
+        contact.time_zone if contact else None,
+        contact.country if contact else None,
+        deal.account_time_zone,
+        deal.account_country,
+    )
 
 
 def load_rule_input(
@@ -163,15 +181,17 @@ def evaluate_red_flags(
 
     open_now = flags_store.open_flags(source)
     labels = dict(zip(deals["deal_id"], deals["label"], strict=True))
-    holding = found.set_index(["deal_id", "code"])
+    holding = dict(
+        zip(zip(found["deal_id"], found["code"], strict=True), found["reason"], strict=True)
+    )
     open_keys = set(zip(open_now["deal_id"], open_now["code"], strict=True))
     watched = set(deals["deal_id"])
     resolved, updated = [], []
     for row in open_now.itertuples():
-        if (row.deal_id, row.code) in holding.index:
-            reason = holding.loc[(row.deal_id, row.code), "reason"]
-            if reason != row.reason:
-                updated.append((row.id, reason))
+        key = (row.deal_id, row.code)
+        if key in holding:
+            if holding[key] != row.reason:
+                updated.append((row.id, holding[key]))
         elif row.deal_id in watched:
             resolved.append((row.id, f"no longer holds as of {window_end:%Y-%m-%d %H:%M} UTC"))
         else:

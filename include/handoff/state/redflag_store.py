@@ -14,10 +14,18 @@ from typing import Any
 
 import pandas as pd
 from more_itertools import chunked
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, type_coerce, update
 
 from handoff.models import PlannedAction
-from handoff.state.schema import activities, activity_coverage, deals, flags, onboarding, outbox
+from handoff.state.schema import (
+    UtcDateTime,
+    activities,
+    activity_coverage,
+    deals,
+    flags,
+    onboarding,
+    outbox,
+)
 from handoff.state.store import StateStore, utcnow
 
 ACTIVITY_FIELDS = [c.name for c in activities.columns if c.name not in ("source", "updated_at")]
@@ -32,6 +40,15 @@ class NewFlag:
     severity: str
     reason: str
     escalation: Sequence[PlannedAction]  # built for the episode this flag becomes
+
+
+def _raw_moment(column: Any) -> Any:
+    """A time column as the driver returns it, without the per-value UTC fix of
+    ``UtcDateTime``: hundreds of thousands of rows are read at once, and ``pd.to_datetime(...,
+    utc=True)`` gives the same UTC timestamps from naive (SQLite) or aware (PostgreSQL) values."""
+    if isinstance(column.type, UtcDateTime):
+        return type_coerce(column, column.type.impl).label(column.name)
+    return column
 
 
 class RedFlagStore:
@@ -139,7 +156,9 @@ class RedFlagStore:
         with ``snippets_from`` only those of the client's mail and of notes since then are read
         (the rule's window), the others come back empty.
         """
-        columns = [activities.c[name] for name in ACTIVITY_FIELDS if name != "is_deleted"]
+        columns = [
+            _raw_moment(activities.c[name]) for name in ACTIVITY_FIELDS if name != "is_deleted"
+        ]
         if snippets_from is not None:
             wanted = and_(
                 activities.c.occurred_at >= snippets_from,
@@ -163,7 +182,8 @@ class RedFlagStore:
                     activities.c.deal_id.in_(chunk),
                     activities.c.is_deleted.is_(False),
                 )
-                frames.append(pd.DataFrame(conn.execute(query).all(), columns=names))
+                rows = [tuple(row) for row in conn.execute(query)]
+                frames.append(pd.DataFrame.from_records(rows, columns=names))
         frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=names)
         for column in ("occurred_at", "modstamp"):
             frame[column] = pd.to_datetime(frame[column], utc=True)
