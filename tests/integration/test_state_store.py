@@ -40,7 +40,7 @@ def deal_row(deal_id: str, *, won_at=T0, is_won=True, modstamp=T0) -> dict:
 
 def test_migrate_is_idempotent_and_matches_the_models(store):
     store.migrate()
-    assert store.current_revision() == "0005"
+    assert store.current_revision() == "0006"
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with store.engine.begin() as conn:

@@ -90,8 +90,13 @@ class RuleInput:
 
 def evaluate(data: RuleInput) -> pd.DataFrame:
     """Every rule over every deal: one row per flag that holds as of ``data.as_of``."""
+    return evaluate_with_checks(data)[0]
+
+
+def evaluate_with_checks(data: RuleInput) -> tuple[pd.DataFrame, pd.Series]:
+    """The flags that hold, and each deal's next check (see :func:`next_checks`)."""
     if data.deals.empty:
-        return pd.DataFrame(columns=FLAG_COLUMNS)
+        return pd.DataFrame(columns=FLAG_COLUMNS), pd.Series(dtype="datetime64[ns, UTC]")
     acts = classify_activities(data)
     found = [
         rule(data, acts)
@@ -118,10 +123,8 @@ def evaluate(data: RuleInput) -> pd.DataFrame:
             f"(known: {', '.join(SEVERITY)})"
         )
     flags["severity"] = flags["code"].map({**SEVERITY, **data.settings.severity})
-    return flags[FLAG_COLUMNS].sort_values(["deal_id", "code"], ignore_index=True)
-
-
-# -- what each activity is --------------------------------------------------------------------
+    flags = flags[FLAG_COLUMNS].sort_values(["deal_id", "code"], ignore_index=True)
+    return flags, next_checks(data, acts, flags)
 
 
 def _phrases(words: list[str]) -> re.Pattern[str] | None:
@@ -308,15 +311,17 @@ def _no_kickoff(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
     return _flags(late, "no_kickoff", reasons)
 
 
-def _slow_client_response(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
-    """The latest wait for the client: the first outreach after their last answer. Slow when it
-    is still unanswered after the limit, or when its answer took longer than the limit."""
+def _latest_waits(
+    data: RuleInput, acts: pd.DataFrame, *, with_hours: bool = True
+) -> pd.DataFrame | None:
+    """Each deal's latest wait for the client (indexed by deal id): the first outreach after
+    their last answer, when it was answered (or NaT), and (``with_hours``) its business hours
+    until then or until now."""
     deals = data.deals
-    limit = data.settings.client_response_hours
     outreach = acts[acts["outreach"]].sort_values("occurred_at")
     answers = acts[acts["client_touch"]].sort_values("occurred_at")
     if outreach.empty:
-        return _no_flags()
+        return None
     keys = ["deal_id", "occurred_at"]
     before = pd.merge_asof(
         outreach[["deal_id", "occurred_at", "owner_id", "subject"]],
@@ -348,10 +353,23 @@ def _slow_client_response(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
         rep_name=deals.set_index("deal_id")["owner_name"],
     )
     latest = latest.join(place, how="inner")
+    if not with_hours:
+        return latest
     ended = latest["answered_at"].fillna(pd.Timestamp(data.as_of))
-    hours = business_hours_between(
+    latest["hours"] = business_hours_between(
         latest["occurred_at"], ended, latest["zone"], latest["country"], data.window
     )
+    return latest
+
+
+def _slow_client_response(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
+    """The latest wait for the client. Slow when it is still unanswered after the limit, or
+    when its answer took longer than the limit."""
+    limit = data.settings.client_response_hours
+    latest = _latest_waits(data, acts)
+    if latest is None:
+        return _no_flags()
+    hours = latest["hours"]
     slow = hours > limit
     if not slow.any():
         return _no_flags()
@@ -457,8 +475,9 @@ def _gone_quiet(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
     quiet_days = data.settings.quiet_days
     as_of = pd.Timestamp(data.as_of)
     last = _per_deal(deals, acts[acts["client_touch"]].groupby("deal_id")["occurred_at"].max())
-    last = pd.to_datetime(last, utc=True)
-    since = last.fillna(deals["won_at"])
+    # (one unit on both sides: the store and the deals frame may parse to different ones)
+    last = pd.to_datetime(last, utc=True).dt.as_unit("ns")
+    since = last.fillna(deals["won_at"].dt.as_unit("ns"))
     booked = _per_deal(deals, acts[acts["booked"]].groupby("deal_id").size()).fillna(0) > 0
     silent = (as_of - since) / pd.Timedelta(days=1)
     hit = _holding(deals, (silent > quiet_days) & ~booked)
@@ -472,3 +491,70 @@ def _gone_quiet(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
         + "), and no meeting is booked"
     )
     return _flags(hit, "gone_quiet", reasons)
+
+
+# -- when to look again -----------------------------------------------------------------------
+
+# Reasons that count time ("for 9 days", "12 of their business hours") are re-worded this often
+# while their flag holds.
+REWORD_EVERY = pd.Timedelta(days=1)
+TIME_WORDED = ("no_first_contact", "slow_client_response", "gone_quiet")
+NEXT_RUN = pd.Timedelta(seconds=1)  # a check this close to now falls due at the next run
+
+
+def next_checks(data: RuleInput, acts: pd.DataFrame, flags: pd.DataFrame) -> pd.Series:
+    """When each deal must be evaluated again if nothing about it changes (indexed by deal id;
+    NaT: not before its data changes): the earliest moment a rule could start or stop holding,
+    or a reason that counts time is due to be re-worded.
+
+    Each moment is a lower bound. A business-hours limit is not reached before as many hours
+    of wall clock, and a scheduled activity changes what it counts as when its time comes; a
+    check that comes early finds nothing and sets the next one. A quiet hour then evaluates
+    only the deals whose check fell due, not every client.
+    """
+    deals, s = data.deals, data.settings
+    as_of = pd.Timestamp(data.as_of)
+    flagged = flags.groupby("code")["deal_id"].agg(set) if not flags.empty else pd.Series()
+
+    def holds(code: str) -> pd.Series:
+        return deals["deal_id"].isin(flagged.get(code, set()))
+
+    def any_of(column: str) -> pd.Series:
+        return _per_deal(deals, acts[acts[column]].groupby("deal_id").size()).fillna(0) > 0
+
+    def hours(value: float) -> pd.Timedelta:
+        return pd.Timedelta(hours=value)
+
+    future = acts[acts["occurred_at"] > as_of].groupby("deal_id")["occurred_at"].min()
+    moments = {"scheduled": _per_deal(deals, future)}
+    time_worded = pd.Series(False, index=deals.index)
+    for code in TIME_WORDED:
+        time_worded |= holds(code)
+    moments["reword"] = pd.Series(as_of + REWORD_EVERY, index=deals.index).where(time_worded)
+    waiting = ~any_of("cs_touch") & ~holds("no_first_contact")
+    moments["first_contact"] = (deals["won_at"] + hours(s.first_contact_hours)).where(waiting)
+    waiting = ~any_of("kickoff") & ~holds("no_kickoff")
+    moments["kickoff"] = (deals["won_at"] + pd.Timedelta(days=s.kickoff_by_day)).where(waiting)
+    waiting = ~any_of("milestone") & ~holds("no_first_win")
+    moments["first_win"] = (deals["won_at"] + pd.Timedelta(days=s.first_win_by_day)).where(waiting)
+    waits = _latest_waits(data, acts, with_hours=False)
+    if waits is not None:
+        open_waits = waits[waits["answered_at"].isna()]
+        due = _per_deal(deals, open_waits["occurred_at"] + hours(s.client_response_hours))
+        moments["answer"] = due.where(~holds("slow_client_response"))
+    recent = acts[acts["occurred_at"] >= as_of - pd.Timedelta(days=s.scope_creep_days)]
+    asked = recent[_matches(recent["scope_text"], s.scope_creep_phrases)]
+    last_asked = asked.groupby("deal_id")["occurred_at"].max()
+    moments["scope"] = _per_deal(deals, last_asked + pd.Timedelta(days=s.scope_creep_days))
+    last_heard = _per_deal(
+        deals, acts[acts["client_touch"]].groupby("deal_id")["occurred_at"].max()
+    )
+    quiet_from = pd.to_datetime(last_heard, utc=True).dt.as_unit("ns")
+    quiet_from = quiet_from.fillna(deals["won_at"].dt.as_unit("ns"))
+    # (a booked meeting keeps the client from being quiet until its time, a moment above)
+    quiet = ~holds("gone_quiet") & ~any_of("booked")
+    moments["quiet"] = (quiet_from + pd.Timedelta(days=s.quiet_days)).where(quiet)
+    frame = pd.DataFrame({name: pd.to_datetime(m, utc=True) for name, m in moments.items()})
+    check = frame.min(axis=1)
+    check = check.where(check.isna() | (check > as_of), as_of + NEXT_RUN)
+    return pd.Series(check.to_numpy(), index=deals["deal_id"].to_numpy())

@@ -2,13 +2,15 @@
 
 ``extract_activities`` reads, for every deal in its 90 days, what the CRM logged since each
 activity stream's watermark (a deal seen for the first time: its whole history), in batches of
-deals. ``evaluate_red_flags`` runs every rule over every such deal at once, raises new flag
-episodes with their escalation (outbox rows, in the same transaction), resolves the ones that
-stopped holding, and leaves open ones alone: a flag escalates once per episode.
+deals. ``evaluate_red_flags`` runs every rule at once over the deals whose data changed or whose
+next check fell due, raises new flag episodes with their escalation (outbox rows, in the same
+transaction), resolves the ones that stopped holding, and leaves open ones alone: a flag
+escalates once per episode.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from datetime import datetime, timedelta
@@ -22,13 +24,14 @@ from handoff.crm.base import ACTIVITY_COLUMNS, CrmClient
 from handoff.models import Deal
 from handoff.planning import client_place
 from handoff.redflags.escalation import escalation_actions
-from handoff.redflags.rules import DEAL_FIELDS, RuleInput, evaluate
+from handoff.redflags.rules import DEAL_FIELDS, RuleInput, evaluate_with_checks
 from handoff.state.redflag_store import NewFlag, RedFlagStore
 from handoff.state.store import StateStore
 
 log = logging.getLogger(__name__)
 
 EVALUATED_META = "flags_evaluated:"
+RULES_META = "flags_rules:"  # fingerprint of the settings the last evaluation ran with
 
 
 def window_start(settings: Settings, as_of: datetime) -> datetime:
@@ -155,11 +158,29 @@ def load_rule_input(
     return RuleInput(deals, activities, as_of, settings.red_flags, window, sent)
 
 
+def _rules_fingerprint(settings: Settings) -> str:
+    """What the rules' outcomes depend on besides the data: a change re-evaluates every deal."""
+    parts = (settings.red_flags.model_dump_json(), settings.email.window_start.isoformat())
+    return hashlib.sha256(
+        "\x1f".join((*parts, settings.email.window_end.isoformat())).encode()
+    ).hexdigest()
+
+
 def evaluate_red_flags(
-    store: StateStore, settings: Settings, source: str, run_id: str, window_end: datetime
+    store: StateStore,
+    settings: Settings,
+    source: str,
+    run_id: str,
+    window_end: datetime,
 ) -> dict[str, Any]:
-    """Evaluate every rule for every deal in its 90 days as of the window's end; raise new flag
-    episodes (each escalated once), resolve the ones that cleared.
+    """Evaluate the rules as of the window's end; raise new flag episodes (each escalated
+    once), resolve the ones that cleared.
+
+    Incremental: a deal is evaluated again when its activities or its snapshot were written
+    since its last evaluation (the writer makes it due), or when its next check fell due (the
+    earliest moment a rule could start or stop holding for it, see ``rules.next_checks``);
+    every deal on the first evaluation and after a change of the rules' settings. A quiet hour
+    thus costs what is due in it, not the number of clients.
 
     A replay of an earlier hour than the latest evaluation changes nothing: flags move forward
     in time only, so a backfill never resolves and re-raises (and re-escalates) a flag.
@@ -172,30 +193,35 @@ def evaluate_red_flags(
         return {"flags_raised": 0, "flags_resolved": 0, "flags_open": 0, "replay": True}
     started = time.perf_counter()
     flags_store = RedFlagStore(store)
-    onboarding = flags_store.onboarding_deals(source, window_start(settings, window_end))
+    won_after = window_start(settings, window_end)
+    fingerprint = _rules_fingerprint(settings)
+    full = not latest or store.get_meta(RULES_META + source) != fingerprint
+    generations = flags_store.flag_generations(source, won_after, None if full else window_end)
+    due = None if full else set(generations)
+    onboarding = flags_store.onboarding_deals(source, won_after, deal_ids=due)
     recent = window_end - timedelta(days=settings.red_flags.scope_creep_days)
     data = load_rule_input(store, settings, source, onboarding, window_end, snippets_from=recent)
     deals, activities = data.deals, data.activities
-    found = evaluate(data)
+    found, checks = evaluate_with_checks(data)
     rules_ms = (time.perf_counter() - started) * 1000
 
-    open_now = flags_store.open_flags(source)
+    evaluated = set(deals["deal_id"])
+    open_now = flags_store.open_flags(source, deal_ids=evaluated)
     labels = dict(zip(deals["deal_id"], deals["label"], strict=True))
     holding = dict(
         zip(zip(found["deal_id"], found["code"], strict=True), found["reason"], strict=True)
     )
     open_keys = set(zip(open_now["deal_id"], open_now["code"], strict=True))
-    watched = set(deals["deal_id"])
     resolved, updated = [], []
     for row in open_now.itertuples():
         key = (row.deal_id, row.code)
         if key in holding:
             if holding[key] != row.reason:
                 updated.append((row.id, holding[key]))
-        elif row.deal_id in watched:
-            resolved.append((row.id, f"no longer holds as of {window_end:%Y-%m-%d %H:%M} UTC"))
         else:
-            resolved.append((row.id, "the deal left onboarding or its 90 days ended"))
+            resolved.append((row.id, f"no longer holds as of {window_end:%Y-%m-%d %H:%M} UTC"))
+    for flag_id in flags_store.open_flags_left(source, won_after):
+        resolved.append((flag_id, "the deal left onboarding or its 90 days ended"))
     is_new = [key not in open_keys for key in zip(found["deal_id"], found["code"], strict=True)]
     fresh = found.loc[pd.Series(is_new, index=found.index, dtype=bool)]
     episodes = flags_store.last_episodes(source, fresh["deal_id"].unique().tolist())
@@ -219,8 +245,15 @@ def evaluate_red_flags(
                 source, row.deal_id, labels[row.deal_id], flag, episode, window_end
             )
         raised.append((NewFlag(row.deal_id, row.code, row.severity, row.reason, actions), episode))
-    new, rows = flags_store.apply(source, run_id, window_end, raised, resolved, updated)
+    next_at = {
+        deal_id: (at.to_pydatetime() if pd.notna(at) else None, generations.get(deal_id))
+        for deal_id, at in checks.items()
+    }
+    new, rows = flags_store.apply(
+        source, run_id, window_end, raised, resolved, updated, checks=next_at
+    )
     store.set_meta(EVALUATED_META + source, window_end.isoformat())
+    store.set_meta(RULES_META + source, fingerprint)
     as_found = sum(1 for flag, _ in raised if not flag.escalation)
     if as_found:
         log.info("%s flags on clients adopted at install taken as found (not escalated)", as_found)
@@ -235,10 +268,11 @@ def evaluate_red_flags(
     return {
         "flags_raised": new,
         "flags_resolved": len(resolved),
-        "flags_open": len(open_now) - len(resolved) + new,
+        "flags_open": flags_store.count_open(source),
         "escalations_planned": rows,
         "taken_as_found": as_found,
         "deals_evaluated": len(deals),
+        "evaluation": "full" if full else "incremental",
         "activities_evaluated": len(activities),
         "rules_ms": round(rules_ms, 1),
     }

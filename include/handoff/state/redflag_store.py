@@ -7,14 +7,14 @@ is never raised without its escalation, nor escalated twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 from more_itertools import chunked
-from sqlalchemy import and_, case, func, or_, select, type_coerce, update
+from sqlalchemy import and_, bindparam, case, exists, func, or_, select, type_coerce, update
 
 from handoff.models import PlannedAction
 from handoff.state.schema import (
@@ -22,6 +22,7 @@ from handoff.state.schema import (
     activities,
     activity_coverage,
     deals,
+    flag_checks,
     flags,
     onboarding,
     outbox,
@@ -89,6 +90,7 @@ class RedFlagStore:
                     ),
                     chunk,
                 )
+            self.store.mark_flags_due(conn, source, [row["deal_id"] for row in values])
         return len(values)
 
     def covered(self, source: str, deal_ids: Iterable[str]) -> set[str]:
@@ -121,10 +123,16 @@ class RedFlagStore:
         return self.store.get_watermark(source, f"activities:{stream}")
 
     def onboarding_deals(
-        self, source: str, won_after: datetime, *, active_only: bool = True
+        self,
+        source: str,
+        won_after: datetime,
+        *,
+        active_only: bool = True,
+        deal_ids: Iterable[str] | None = None,
     ) -> pd.DataFrame:
-        """Onboardings won after ``won_after`` (active ones, or all), with their latest deal
-        snapshot: deal_id, status, won_at, stopped_at, adopted_at, modstamp, record."""
+        """Onboardings won after ``won_after`` (active ones, or all; only ``deal_ids`` if given),
+        with their latest deal snapshot: deal_id, status, won_at, stopped_at, adopted_at,
+        modstamp, record."""
         columns = ["deal_id", "status", "won_at", "stopped_at", "adopted_at"]
         query = (
             select(*(onboarding.c[c] for c in columns), deals.c.modstamp, deals.c.record)
@@ -141,7 +149,12 @@ class RedFlagStore:
         if active_only:
             query = query.where(onboarding.c.status == "active")
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
+            if deal_ids is None:
+                rows = conn.execute(query).all()
+            else:
+                rows = []
+                for chunk in chunked(sorted(deal_ids), 1000):
+                    rows += conn.execute(query.where(onboarding.c.deal_id.in_(chunk))).all()
         frame = pd.DataFrame(rows, columns=[*columns, "modstamp", "record"])
         for column in ("won_at", "stopped_at", "adopted_at", "modstamp"):
             frame[column] = pd.to_datetime(frame[column], utc=True)
@@ -208,8 +221,38 @@ class RedFlagStore:
 
     # -- flags ---------------------------------------------------------------------------------
 
-    def open_flags(self, source: str) -> pd.DataFrame:
-        """The open flag episodes of a source: deal, code, episode, id, reason, raised_at."""
+    def flag_generations(
+        self, source: str, won_after: datetime, due_by: datetime | None
+    ) -> dict[str, int | None]:
+        """Onboarding deals whose flags are due by ``due_by`` (all of them if None): never
+        evaluated, their data changed, or their next check came. Each with the generation of
+        its check (None: no check yet), which the evaluation hands back to :meth:`apply`."""
+        joined = onboarding.outerjoin(
+            flag_checks,
+            and_(
+                flag_checks.c.source == onboarding.c.source,
+                flag_checks.c.deal_id == onboarding.c.deal_id,
+            ),
+        )
+        query = (
+            select(onboarding.c.deal_id, flag_checks.c.generation)
+            .select_from(joined)
+            .where(
+                onboarding.c.source == source,
+                onboarding.c.status == "active",
+                onboarding.c.won_at >= won_after,
+            )
+        )
+        if due_by is not None:
+            query = query.where(
+                or_(flag_checks.c.deal_id.is_(None), flag_checks.c.check_at <= due_by)
+            )
+        with self.engine.connect() as conn:
+            return {deal_id: generation for deal_id, generation in conn.execute(query)}
+
+    def open_flags(self, source: str, deal_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """The open flag episodes of a source (of ``deal_ids`` only, if given): id, deal,
+        code, episode, reason, severity, raised_at."""
         query = select(
             flags.c.id,
             flags.c.deal_id,
@@ -220,10 +263,34 @@ class RedFlagStore:
             flags.c.raised_at,
         ).where(flags.c.source == source, flags.c.status == "open")
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
+            if deal_ids is None:
+                rows = conn.execute(query).all()
+            else:
+                rows = []
+                for chunk in chunked(sorted(deal_ids), 1000):
+                    rows += conn.execute(query.where(flags.c.deal_id.in_(chunk))).all()
         return pd.DataFrame(
             rows, columns=["id", "deal_id", "code", "episode", "reason", "severity", "raised_at"]
         )
+
+    def open_flags_left(self, source: str, won_after: datetime) -> list[int]:
+        """Open flag episodes of deals no longer onboarding in their 90 days."""
+        onboard = and_(
+            onboarding.c.source == source,
+            onboarding.c.deal_id == flags.c.deal_id,
+            onboarding.c.status == "active",
+            onboarding.c.won_at >= won_after,
+        )
+        query = select(flags.c.id).where(
+            flags.c.source == source, flags.c.status == "open", ~exists().where(onboard)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    def count_open(self, source: str) -> int:
+        query = select(func.count()).where(flags.c.source == source, flags.c.status == "open")
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def last_episodes(self, source: str, deal_ids: Sequence[str]) -> dict[tuple[str, str], int]:
         """The latest episode number of each (deal, code) that ever had one."""
@@ -246,9 +313,11 @@ class RedFlagStore:
         raised: Sequence[tuple[NewFlag, int]],
         resolved: Sequence[tuple[int, str]],
         updated: Sequence[tuple[int, str]],
+        checks: Mapping[str, tuple[datetime | None, int | None]] | None = None,
     ) -> tuple[int, int]:
-        """Raise new episodes (with their escalation rows), resolve and re-word open ones, in
-        one transaction. Returns (flags raised, escalation rows inserted).
+        """Raise new episodes (with their escalation rows), resolve and re-word open ones, and
+        record the evaluated deals' next checks, in one transaction. Returns (flags raised,
+        escalation rows inserted).
 
         An episode someone else raised first (a concurrent run) is left alone, escalation and
         all: the unique episode key decides who raises it.
@@ -295,7 +364,49 @@ class RedFlagStore:
                 conn.execute(
                     update(flags).where(flags.c.id == flag_id).values(reason=reason, updated_at=now)
                 )
+            if checks:
+                self._record_checks(conn, source, checks, now)
         return new, inserted_rows
+
+    def _record_checks(
+        self,
+        conn: Any,
+        source: str,
+        checks: Mapping[str, tuple[datetime | None, int | None]],
+        now: datetime,
+    ) -> None:
+        """Each evaluated deal's next check, unless its data changed since it was read (its
+        generation moved, or a row appeared): then it stays due."""
+        fresh = [
+            {
+                "source": source,
+                "deal_id": deal,
+                "check_at": at,
+                "generation": 0,
+                "evaluated_at": now,
+            }
+            for deal, (at, generation) in checks.items()
+            if generation is None
+        ]
+        known = [
+            {"b_deal_id": deal, "b_check_at": at, "b_generation": generation, "b_now": now}
+            for deal, (at, generation) in checks.items()
+            if generation is not None
+        ]
+        insert = self.store._insert(flag_checks).on_conflict_do_nothing()
+        for chunk in chunked(fresh, 1000):
+            conn.execute(insert, chunk)
+        move = (
+            update(flag_checks)
+            .where(
+                flag_checks.c.source == source,
+                flag_checks.c.deal_id == bindparam("b_deal_id"),
+                flag_checks.c.generation == bindparam("b_generation"),
+            )
+            .values(check_at=bindparam("b_check_at"), evaluated_at=bindparam("b_now"))
+        )
+        for chunk in chunked(known, 1000):
+            conn.execute(move, chunk)
 
     def flag_rows(self, **filters: Any) -> list[dict[str, Any]]:
         return self.store._rows(flags, [flags.c.id], filters)

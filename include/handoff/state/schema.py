@@ -253,6 +253,22 @@ flags = Table(
     Index("ix_handoff_flags_open", "source", "status"),
 )
 
+# When each onboarding deal's red flags must be evaluated again if nothing about it changes
+# (a rule could start or stop holding then); NULL: only when its data changes. Whatever writes
+# a deal's activities or snapshot makes it due at once and bumps ``generation``; an evaluation
+# records its next check only if the generation is still the one it read, so a write that
+# lands during an evaluation is never lost. A deal with no row here is evaluated at the next run.
+flag_checks = Table(
+    "handoff_flag_checks",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("deal_id", String(64), primary_key=True),
+    Column("check_at", UtcDateTime, nullable=True),
+    Column("generation", Integer, nullable=False),
+    Column("evaluated_at", UtcDateTime, nullable=True),
+    Index("ix_handoff_flag_checks_due", "source", "check_at"),
+)
+
 # How each onboarding went, per deal, as the last metrics run computed it (exported as CSV and
 # Parquet with the per-rep and per-cohort views built from it).
 deal_metrics = Table(

@@ -35,6 +35,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    literal,
     or_,
     select,
     union,
@@ -47,6 +48,7 @@ from handoff.models import ActionKind, ActionStatus, DealIssue, OutboxRow, Plann
 from handoff.state.schema import (
     deal_issues,
     deals,
+    flag_checks,
     onboarding,
     opt_outs,
     outbox,
@@ -59,6 +61,8 @@ from handoff.state.schema import (
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# A red-flag check that is due at any evaluation: the deal's data changed.
+FLAGS_DUE_NOW = datetime(1970, 1, 1, tzinfo=UTC)
 INSTALLATION = "installation_id"
 TRY_MARK = "#"  # worker ids are "<task instance>#<try>": tries of one instance replace each other
 
@@ -221,6 +225,7 @@ class StateStore:
                         )
                         .values(next_step_at=None)
                     )
+                self.mark_flags_due(conn, source, [v["deal_id"] for v in values])
             if watermark is not None:
                 self._set_watermark(conn, source, stream, watermark)
 
@@ -240,6 +245,32 @@ class StateStore:
                     .values(record=bindparam("b_record")),
                     changed,
                 )
+                # The client's zone and country may have moved: evaluate their flags again.
+                self.mark_flags_due(conn, source, [row["b_deal_id"] for row in changed])
+
+    def mark_flags_due(self, conn: Connection, source: str, deal_ids: Sequence[str]) -> None:
+        """Make the red flags of these deals (those onboarding) due at the next evaluation and
+        bump their generation, in the writer's transaction: their data changed."""
+        due_now = {"check_at": FLAGS_DUE_NOW, "generation": 1, "evaluated_at": None}
+        for chunk in chunked(sorted(set(deal_ids)), 500):
+            rows = select(
+                onboarding.c.source,
+                onboarding.c.deal_id,
+                *(
+                    literal(value, flag_checks.c[name].type).label(name)
+                    for name, value in due_now.items()
+                ),
+            ).where(onboarding.c.source == source, onboarding.c.deal_id.in_(chunk))
+            stmt = self._insert(flag_checks).from_select(["source", "deal_id", *due_now], rows)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[flag_checks.c.source, flag_checks.c.deal_id],
+                    set_={
+                        "check_at": FLAGS_DUE_NOW,
+                        "generation": flag_checks.c.generation + 1,
+                    },
+                )
+            )
 
     def deal_records(self, source: str, deal_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         return self._deal_column(source, deal_ids, deals.c.record)
