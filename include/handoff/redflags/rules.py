@@ -240,6 +240,11 @@ def _per_deal(deals: pd.DataFrame, values: pd.Series) -> pd.Series:
     return _lookup(deals["deal_id"], values)
 
 
+def _any_per_deal(deals: pd.DataFrame, acts: pd.DataFrame, column: str) -> pd.Series:
+    """Whether each deal has an activity that counts as ``column`` (aligned to the deals)."""
+    return _per_deal(deals, acts[acts[column]].groupby("deal_id").size()).fillna(0) > 0
+
+
 def _day(moments: pd.Series, zones: pd.Series) -> pd.Series:
     """'Tue 3 Mar' in each client's zone ("" where there is no moment)."""
     out = pd.Series("", index=moments.index, dtype=object)
@@ -269,7 +274,7 @@ def _handoff_doc_incomplete(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame
 
 def _no_first_contact(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
     deals = data.deals
-    touched = _per_deal(deals, acts[acts["cs_touch"]].groupby("deal_id").size()).fillna(0) > 0
+    touched = _any_per_deal(deals, acts, "cs_touch")
     as_of = pd.Series(pd.Timestamp(data.as_of), index=deals.index)
     waited = business_hours_between(
         deals["won_at"], as_of, deals["zone"], deals["country"], data.window
@@ -292,7 +297,7 @@ def _no_first_contact(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
 def _no_kickoff(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
     deals = data.deals
     s = data.settings
-    kicked_off = _per_deal(deals, acts[acts["kickoff"]].groupby("deal_id").size()).fillna(0) > 0
+    kicked_off = _any_per_deal(deals, acts, "kickoff")
     deadline = deals["won_at"] + pd.Timedelta(days=s.kickoff_by_day)
     late = _holding(deals, ~kicked_off & (deadline < pd.Timestamp(data.as_of)))
     if late.empty:
@@ -464,7 +469,7 @@ def _scope_creep(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
 def _no_first_win(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
     deals = data.deals
     by_day = data.settings.first_win_by_day
-    won = _per_deal(deals, acts[acts["milestone"]].groupby("deal_id").size()).fillna(0) > 0
+    won = _any_per_deal(deals, acts, "milestone")
     mask = ~won & (deals["won_at"] + pd.Timedelta(days=by_day) < pd.Timestamp(data.as_of))
     reasons = pd.Series(f"no first win (milestone) logged by day {by_day}", index=deals.index)
     return _flags(_holding(deals, mask), "no_first_win", reasons)
@@ -478,7 +483,7 @@ def _gone_quiet(data: RuleInput, acts: pd.DataFrame) -> pd.DataFrame:
     # (one unit on both sides: the store and the deals frame may parse to different ones)
     last = pd.to_datetime(last, utc=True).dt.as_unit("ns")
     since = last.fillna(deals["won_at"].dt.as_unit("ns"))
-    booked = _per_deal(deals, acts[acts["booked"]].groupby("deal_id").size()).fillna(0) > 0
+    booked = _any_per_deal(deals, acts, "booked")
     silent = (as_of - since) / pd.Timedelta(days=1)
     hit = _holding(deals, (silent > quiet_days) & ~booked)
     if hit.empty:
@@ -519,9 +524,6 @@ def next_checks(data: RuleInput, acts: pd.DataFrame, flags: pd.DataFrame) -> pd.
     def holds(code: str) -> pd.Series:
         return deals["deal_id"].isin(flagged.get(code, set()))
 
-    def any_of(column: str) -> pd.Series:
-        return _per_deal(deals, acts[acts[column]].groupby("deal_id").size()).fillna(0) > 0
-
     def hours(value: float) -> pd.Timedelta:
         return pd.Timedelta(hours=value)
 
@@ -531,11 +533,11 @@ def next_checks(data: RuleInput, acts: pd.DataFrame, flags: pd.DataFrame) -> pd.
     for code in TIME_WORDED:
         time_worded |= holds(code)
     moments["reword"] = pd.Series(as_of + REWORD_EVERY, index=deals.index).where(time_worded)
-    waiting = ~any_of("cs_touch") & ~holds("no_first_contact")
+    waiting = ~_any_per_deal(deals, acts, "cs_touch") & ~holds("no_first_contact")
     moments["first_contact"] = (deals["won_at"] + hours(s.first_contact_hours)).where(waiting)
-    waiting = ~any_of("kickoff") & ~holds("no_kickoff")
+    waiting = ~_any_per_deal(deals, acts, "kickoff") & ~holds("no_kickoff")
     moments["kickoff"] = (deals["won_at"] + pd.Timedelta(days=s.kickoff_by_day)).where(waiting)
-    waiting = ~any_of("milestone") & ~holds("no_first_win")
+    waiting = ~_any_per_deal(deals, acts, "milestone") & ~holds("no_first_win")
     moments["first_win"] = (deals["won_at"] + pd.Timedelta(days=s.first_win_by_day)).where(waiting)
     waits = _latest_waits(data, acts, with_hours=False)
     if waits is not None:
@@ -552,7 +554,7 @@ def next_checks(data: RuleInput, acts: pd.DataFrame, flags: pd.DataFrame) -> pd.
     quiet_from = pd.to_datetime(last_heard, utc=True).dt.as_unit("ns")
     quiet_from = quiet_from.fillna(deals["won_at"].dt.as_unit("ns"))
     # (a booked meeting keeps the client from being quiet until its time, a moment above)
-    quiet = ~holds("gone_quiet") & ~any_of("booked")
+    quiet = ~holds("gone_quiet") & ~_any_per_deal(deals, acts, "booked")
     moments["quiet"] = (quiet_from + pd.Timedelta(days=s.quiet_days)).where(quiet)
     frame = pd.DataFrame({name: pd.to_datetime(m, utc=True) for name, m in moments.items()})
     check = frame.min(axis=1)

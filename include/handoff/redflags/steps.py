@@ -160,18 +160,13 @@ def load_rule_input(
 
 def _rules_fingerprint(settings: Settings) -> str:
     """What the rules' outcomes depend on besides the data: a change re-evaluates every deal."""
-    parts = (settings.red_flags.model_dump_json(), settings.email.window_start.isoformat())
-    return hashlib.sha256(
-        "\x1f".join((*parts, settings.email.window_end.isoformat())).encode()
-    ).hexdigest()
+    window = (settings.email.window_start.isoformat(), settings.email.window_end.isoformat())
+    text = "\x1f".join((settings.red_flags.model_dump_json(), *window))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def evaluate_red_flags(
-    store: StateStore,
-    settings: Settings,
-    source: str,
-    run_id: str,
-    window_end: datetime,
+    store: StateStore, settings: Settings, source: str, run_id: str, window_end: datetime
 ) -> dict[str, Any]:
     """Evaluate the rules as of the window's end; raise new flag episodes (each escalated
     once), resolve the ones that cleared.

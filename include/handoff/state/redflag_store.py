@@ -59,6 +59,16 @@ class RedFlagStore:
         self.store = store
         self.engine = store.engine
 
+    def _rows_of(self, query: Any, deal_column: Any, deal_ids: Iterable[str] | None) -> list:
+        """The query's rows, of these deals only if given (in chunks: bound-parameter limits)."""
+        with self.engine.connect() as conn:
+            if deal_ids is None:
+                return conn.execute(query).all()
+            rows: list = []
+            for chunk in chunked(sorted(deal_ids), 1000):
+                rows += conn.execute(query.where(deal_column.in_(chunk))).all()
+            return rows
+
     # -- activities ----------------------------------------------------------------------------
 
     def save_activities(self, source: str, frame: pd.DataFrame) -> int:
@@ -148,13 +158,7 @@ class RedFlagStore:
         )
         if active_only:
             query = query.where(onboarding.c.status == "active")
-        with self.engine.connect() as conn:
-            if deal_ids is None:
-                rows = conn.execute(query).all()
-            else:
-                rows = []
-                for chunk in chunked(sorted(deal_ids), 1000):
-                    rows += conn.execute(query.where(onboarding.c.deal_id.in_(chunk))).all()
+        rows = self._rows_of(query, onboarding.c.deal_id, deal_ids)
         frame = pd.DataFrame(rows, columns=[*columns, "modstamp", "record"])
         for column in ("won_at", "stopped_at", "adopted_at", "modstamp"):
             frame[column] = pd.to_datetime(frame[column], utc=True)
@@ -262,13 +266,7 @@ class RedFlagStore:
             flags.c.severity,
             flags.c.raised_at,
         ).where(flags.c.source == source, flags.c.status == "open")
-        with self.engine.connect() as conn:
-            if deal_ids is None:
-                rows = conn.execute(query).all()
-            else:
-                rows = []
-                for chunk in chunked(sorted(deal_ids), 1000):
-                    rows += conn.execute(query.where(flags.c.deal_id.in_(chunk))).all()
+        rows = self._rows_of(query, flags.c.deal_id, deal_ids)
         return pd.DataFrame(
             rows, columns=["id", "deal_id", "code", "episode", "reason", "severity", "raised_at"]
         )
