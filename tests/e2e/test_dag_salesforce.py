@@ -159,8 +159,10 @@ def test_a_smtp_failure_half_way_is_retried_without_a_duplicate(dag, org, smtp_s
     assert summary["emails_sent"] == 3, "the retry finished the batch"
     to = sorted(m.message["To"].addresses[0].addr_spec for m in smtp_sink.messages)
     assert to == ["c0@client.example", "c1@client.example", "c2@client.example"]
-    send = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "send_emails")
-    assert send.try_number == 2
+    # Whichever shard met the 421 went up for retry (dag.test runs mapped shards in no set
+    # order); the other shard finished on its first try.
+    tries = [ti.try_number for ti in dag_run.get_task_instances() if ti.task_id == "send_emails"]
+    assert sorted(tries) == [1, 2]
     assert len(deals) == 3
 
 
@@ -192,8 +194,8 @@ def test_a_crm_write_answered_5xx_after_the_commit_is_looked_up_not_resent(
         for r in reconciled
     )
     state.dispose()
-    write = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "write_tasks")
-    assert write.try_number == 1, "settled inside the attempt, not by Airflow's retry"
+    tries = [ti.try_number for ti in dag_run.get_task_instances() if ti.task_id == "write_tasks"]
+    assert tries and set(tries) == {1}, "settled inside the attempt, not by Airflow's retry"
 
 
 def test_a_key_line_pasted_into_the_handoff_document_cannot_cause_a_duplicate(dag, org, sandbox):
