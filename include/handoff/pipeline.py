@@ -213,7 +213,8 @@ def detect_new_wins(
     """
     source = crm.source
     since = _last_detection(store, source)
-    started = datetime.now(UTC)
+    # Read before anything is looked at: a mark is cleared at the end only if no save moved it.
+    seen = store.detection_due(source)
     stopped = store.stop_onboarding_of_lost_deals(source, run.run_id, since)
     resumed = store.resume_rewon_deals(source, run.run_id, run.window_end)
     calls_before = crm.api_calls
@@ -233,7 +234,8 @@ def detect_new_wins(
         adopted_at=start.adopted_at,
         since=since,
     )
-    _remember_detection(store, source, started, run.window_end, since)
+    _remember_detection(store, source, run.window_end, since)
+    store.clear_detection_due(source, seen)
     # Counted on the first run only: the backlog a first install leaves alone, by design.
     older = store.count_won_before(source, start.won_from) if start.is_new else None
     log.info(
@@ -254,25 +256,19 @@ def detect_new_wins(
 
 
 START_MARK = "onboard_won_after"
-# A snapshot committed while a detection ran is still looked at by the next one.
-DETECTION_MARGIN = timedelta(minutes=5)
 
 
 def _last_detection(store: StateStore, source: str) -> Since | None:
     """Where the last detection stopped: an hourly run looks only at what changed since."""
-    saved = store.get_meta(f"detected_saved:{source}")
     window_end = store.get_meta(f"detected_window:{source}")
-    if not (saved and window_end):
-        return None
-    return Since(datetime.fromisoformat(saved), datetime.fromisoformat(window_end))
+    return Since(datetime.fromisoformat(window_end)) if window_end else None
 
 
 def _remember_detection(
-    store: StateStore, source: str, started: datetime, window_end: datetime, since: Since | None
+    store: StateStore, source: str, window_end: datetime, since: Since | None
 ) -> None:
     # A replay of an earlier hour leaves the window mark where the latest run put it.
     latest_window = max(since.window_end, window_end) if since else window_end
-    store.set_meta(f"detected_saved:{source}", (started - DETECTION_MARGIN).isoformat())
     store.set_meta(f"detected_window:{source}", latest_window.isoformat())
 
 

@@ -300,3 +300,29 @@ def test_adopting_clients_in_progress_gives_them_only_their_future_steps(
     assert timeline.steps() == {}, "nothing from before the install, not even as skipped"
     timeline.run(WON_AT + timedelta(days=1, hours=1))  # day 21 of the client's 90
     assert timeline.steps() == {"weekly_checkin_day_21": ActionStatus.PENDING}
+
+
+def test_a_snapshot_whose_save_started_before_the_last_detection_is_still_detected(timeline):
+    """A slow writer stamps its snapshot before a detection runs and commits after it. No
+    clock decides what detection looks at: the save's own mark does, so it is found next run."""
+    from sqlalchemy import text
+
+    timeline.save(make_deal(deal_id="006000000000002AAA"), WON_AT)
+    timeline.run(WON_AT + hours(1))
+    timeline.save(make_deal(deal_id="006000000000003AAA"), WON_AT)
+    with timeline.store.engine.begin() as conn:  # its clock was read a day ago
+        conn.execute(text("UPDATE handoff_deals SET updated_at = '2000-01-01 00:00:00.000000'"))
+    timeline.run(WON_AT + hours(2))
+    assert "welcome_email" in timeline.steps("006000000000003AAA")
+    assert timeline.store.detection_due(SF) == {}, "every mark it looked at is cleared"
+
+
+def test_a_save_between_reading_the_marks_and_clearing_them_stays_due(state):
+    deal = make_deal()
+    save_snapshot(state, deal, modstamp=WON_AT)
+    seen = state.detection_due(SF)
+    save_snapshot(state, replace(deal, stage="Negotiation", is_won=False), modstamp=WON_AT)
+    state.clear_detection_due(SF, seen)
+    assert list(state.detection_due(SF)) == [deal.deal_id], "the newer save is still to look at"
+    state.clear_detection_due(SF, state.detection_due(SF))
+    assert state.detection_due(SF) == {}

@@ -40,7 +40,7 @@ def deal_row(deal_id: str, *, won_at=T0, is_won=True, modstamp=T0) -> dict:
 
 def test_migrate_is_idempotent_and_matches_the_models(store):
     store.migrate()
-    assert store.current_revision() == "0006"
+    assert store.current_revision() == "0007"
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with store.engine.begin() as conn:
@@ -336,13 +336,13 @@ def test_a_run_summary_lists_only_its_own_sources_rows(store, settings):
 
 
 def test_an_hours_detection_reads_two_index_ranges_not_every_stored_deal(tmp_path):
-    """What changed or was won since the last detection, found through the indexes on
-    updated_at and won_at: the cost of a quiet hour does not grow with the deals stored."""
+    """What was saved or won since the last detection, found through the indexes on the
+    detection marks and on won_at: the cost of a quiet hour does not grow with the deals stored."""
     store = StateStore(f"sqlite:///{tmp_path / 'plan.db'}")
     store.migrate()
     store.save_deals("salesforce", "deals", [deal_row("006OLD", won_at=T0)], T0)
-    later = datetime.now(UTC)
-    since = Since(saved=later, window_end=T0 + timedelta(hours=1))
+    store.clear_detection_due("salesforce", store.detection_due("salesforce"))
+    since = Since(window_end=T0 + timedelta(hours=1))
     store.save_deals(
         "salesforce",
         "deals",
@@ -356,7 +356,7 @@ def test_an_hours_detection_reads_two_index_ranges_not_every_stored_deal(tmp_pat
         compiled = query.compile(store.engine)
         params = tuple(compiled.params[name] for name in compiled.positiontup)
         plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params)]
-    assert any("ix_handoff_deals_updated_at (updated_at>?)" in step for step in plan), plan
+    assert any("ix_handoff_deals_detect_due (source=? AND detect_due>?)" in s for s in plan), plan
     assert any("ix_handoff_deals_won_at (won_at>?)" in step for step in plan), plan
     assert not any(step.endswith("(source=?)") for step in plan), plan
     store.dispose()

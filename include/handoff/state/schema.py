@@ -72,6 +72,12 @@ deals = Table(
     Column("modstamp", UtcDateTime, nullable=False),
     Column("record", JSON, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False, index=True),
+    # Bumped by every save of the snapshot; never reset (so a stale reader can't match it).
+    Column("change_generation", Integer, nullable=False, server_default="0"),
+    # The generation detection has yet to look at; NULL once it did. Set in the saving
+    # transaction, cleared only if unchanged: no clock decides what detection sees.
+    Column("detect_due", Integer, nullable=True),
+    Index("ix_handoff_deals_detect_due", "source", "detect_due"),
 )
 
 onboarding = Table(

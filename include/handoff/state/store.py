@@ -73,10 +73,10 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class Since:
-    """Where the last detection of a source stopped: snapshots saved from ``saved`` on (wall
-    clock, with a margin) and wins from ``window_end`` on (a win dated in the future)."""
+    """Where the last detection of a source stopped: what it looks at now is every snapshot
+    saved since (marked ``detect_due`` by its save) and every win from ``window_end`` on (a
+    win dated beyond the last window)."""
 
-    saved: datetime
     window_end: datetime
 
 
@@ -202,15 +202,21 @@ class StateStore:
     ) -> None:
         """Upsert snapshots and move the watermark in the same transaction."""
         now = utcnow()
-        values = [{**row, "source": source, "updated_at": now} for row in rows]
+        marks = {"change_generation": 1, "detect_due": 1}
+        values = [{**row, "source": source, "updated_at": now, **marks} for row in rows]
         with self.engine.begin() as conn:
             if values:
                 stmt = self._insert(deals)
-                columns = [k for k in values[0] if k not in ("source", "deal_id")]
+                columns = [k for k in values[0] if k not in ("source", "deal_id", *marks)]
+                bumped = deals.c.change_generation + 1
                 conn.execute(
                     stmt.on_conflict_do_update(
                         index_elements=[deals.c.source, deals.c.deal_id],
-                        set_={k: stmt.excluded[k] for k in columns},
+                        set_={
+                            **{k: stmt.excluded[k] for k in columns},
+                            "change_generation": bumped,
+                            "detect_due": bumped,  # detection looks at this snapshot
+                        },
                     ),
                     values,
                 )
@@ -303,11 +309,10 @@ class StateStore:
             deals.c.won_at < window_end,
         )
         if since is not None:  # only what can have changed since the last detection
-            # A union, not an OR, and no source on either side: each side is then a range on
-            # its own index (the outer query keeps the source), so an hour's candidates cost
-            # the same in a store of 5,000 deals as in one of 200,000.
+            # A union, not an OR: each side is then a range on its own index, so an hour's
+            # candidates cost the same in a store of 5,000 deals as in one of 200,000.
             changed = union(
-                select(deals.c.deal_id).where(deals.c.updated_at >= since.saved),
+                select(deals.c.deal_id).where(deals.c.source == source, deals.c.detect_due > 0),
                 select(deals.c.deal_id).where(deals.c.won_at >= since.window_end),
             )
             query = query.where(deals.c.deal_id.in_(changed.scalar_subquery()))
@@ -403,7 +408,7 @@ class StateStore:
             or_(deals.c.is_won.is_(False), deals.c.is_deleted.is_(True)),
         )
         if since is not None:  # only a deal saved since the last detection can have left
-            query = query.where(deals.c.updated_at >= since.saved)
+            query = query.where(deals.c.detect_due > 0)
         with self.engine.begin() as conn:
             rows = conn.execute(query).all()
             for row in rows:
@@ -432,6 +437,32 @@ class StateStore:
                     )
                 )
             return [row.deal_id for row in rows]
+
+    def detection_due(self, source: str) -> dict[str, int]:
+        """The deals saved since detection last looked at them, with their generation."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(deals.c.deal_id, deals.c.detect_due).where(
+                    deals.c.source == source, deals.c.detect_due > 0
+                )
+            )
+            return {row.deal_id: row.detect_due for row in rows}
+
+    def clear_detection_due(self, source: str, seen: dict[str, int]) -> None:
+        """Detection looked at these generations: clear each mark a later save did not move."""
+        stmt = (
+            update(deals)
+            .where(
+                deals.c.source == source,
+                deals.c.deal_id == bindparam("b_deal_id"),
+                deals.c.detect_due == bindparam("b_generation"),
+            )
+            .values(detect_due=None)
+        )
+        rows = [{"b_deal_id": deal_id, "b_generation": gen} for deal_id, gen in seen.items()]
+        with self.engine.begin() as conn:
+            for chunk in chunked(rows, 5000):
+                conn.execute(stmt, chunk)
 
     def resume_rewon_deals(self, source: str, run_id: str, at: datetime) -> list[str]:
         """Stopped deals that are Closed Won again continue where they stopped.
