@@ -28,6 +28,7 @@ from handoff.crm.base import (
 )
 from handoff.crm.hubspot import HubSpotCRM
 from handoff.models import dedupe_key
+from handoff.redflags.steps import LoadedOnUse
 from handoff.sandbox import EDGE_CASE_DEALS, hubspot_api
 from handoff.sandbox.histories import HISTORY_CASES, SeedActivity, healthy_history
 from handoff.sandbox.hubspot_seed import (
@@ -239,9 +240,11 @@ def test_a_second_read_finds_nothing_then_a_change_and_a_deletion(blank, setting
         len(case.history(c.won_at)) for case, c in zip(HISTORY_CASES, cases, strict=True)
     )
 
-    calls = crm.api_calls
-    assert read(crm, deals, MIDNIGHT, MIDNIGHT + timedelta(hours=1)).empty
+    calls, loads = crm.api_calls, []
+    quiet = LoadedOnUse(lambda: loads.append(1) or deals, size=len(deals))
+    assert read(crm, quiet, MIDNIGHT, MIDNIGHT + timedelta(hours=1)).empty
     assert crm.api_calls - calls == 2 * len(STREAMS), "an archived list and a search a stream"
+    assert loads == [], "nothing changed: the deals were never looked at"
 
     orbit = clients["Orbit Fitness — two no-shows"]
     meeting = first[(first["deal_id"] == orbit.deal_id) & (first["kind"] == "meeting")]

@@ -261,3 +261,22 @@ def test_an_activity_written_during_an_evaluation_keeps_its_deal_due(
         SOURCE, "b", late, [], [], [], checks={deal_id: (won + timedelta(days=5), read[deal_id])}
     )
     assert deal_id in flags_store.flag_generations(SOURCE, won - timedelta(days=1), won)
+
+
+def test_the_watched_deals_come_with_their_contact_split_by_coverage(store):
+    """What read_activities needs of every onboarding deal, read from the snapshot in SQL."""
+    with_contact = make_deal(deal_id="006000000000011AAA")
+    without = replace(make_deal(deal_id="006000000000012AAA"), primary_contact=None)
+    for deal in (with_contact, without):
+        save_snapshot(store, deal)
+    won = with_contact.won_at
+    store.start_onboarding("salesforce", won - timedelta(days=1), won + timedelta(days=1), "r1")
+    flags = RedFlagStore(store)
+    flags.mark_covered("salesforce", [without.deal_id], won, {})
+    since = won - timedelta(days=1)
+    new = flags.watched_deals("salesforce", since, covered=False)
+    assert new == {with_contact.deal_id: with_contact.primary_contact.id}
+    assert flags.watched_deals("salesforce", since, covered=True) == {without.deal_id: None}
+    assert flags.count_watched("salesforce", since, covered=True) == 1
+    assert flags.count_watched("salesforce", since, covered=False) == 1
+    assert flags.watched_deals("salesforce", won + timedelta(seconds=1), covered=False) == {}

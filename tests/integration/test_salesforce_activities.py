@@ -31,6 +31,7 @@ from handoff.crm.base import (
 from handoff.crm.http import build_session
 from handoff.crm.salesforce import SalesforceCRM
 from handoff.models import dedupe_key
+from handoff.redflags.steps import LoadedOnUse
 from handoff.sandbox import SandboxServer, SandboxStore, seed_org
 from handoff.sandbox.histories import HISTORY_CASES, SeedActivity, healthy_history
 from handoff.sandbox.soql import MAX_SOQL_LENGTH
@@ -445,10 +446,18 @@ def test_an_hours_changes_for_many_deals_are_one_query_over_the_org(crm, sandbox
         "Task", {"WhatId": first, "OwnerId": owner, "Subject": "Before the window"},
         modstamp=since - timedelta(minutes=1),
     )  # fmt: skip
+    loads: list[int] = []
+    watched = LoadedOnUse(lambda: loads.append(1) or deals, size=len(deals))
     for stream in STREAMS:
         calls = crm.api_calls
-        read(crm, stream, deals, since, UNTIL)
+        assert read(crm, stream, watched, UNTIL, UNTIL + timedelta(hours=1)).empty
         assert crm.api_calls - calls == 1, stream
+    assert loads == [], "a quiet hour never looks at the deals"
+    for stream in STREAMS:
+        calls = crm.api_calls
+        read(crm, stream, watched, since, UNTIL)
+        assert crm.api_calls - calls == 1, stream
+    assert loads == [1], "loaded once something changed, then kept"
     tasks = read(crm, "Task", deals, since, UNTIL)
     assert Counter(zip(tasks["activity_id"], tasks["deal_id"], strict=True)) == {
         (on_deal, first): 1,

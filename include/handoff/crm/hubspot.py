@@ -704,19 +704,11 @@ class HubSpotCRM:
             raise ValueError(
                 f"{stream!r} is not an activity stream of HubSpot: {self.activity_streams}"
             )
-        given = {
-            _checked_id(deal_id): _checked_id(contact_id) if contact_id else None
-            for deal_id, contact_id in deals.items()
-        }
-        if not given:
+        if not deals:
             return
-        primary_of: dict[str, list[str]] = {}
-        for deal_id, contact_id in given.items():
-            if contact_id is not None:
-                primary_of.setdefault(contact_id, []).append(deal_id)
-        log.info("Reading %s of %d deals changed in [%s, %s)", stream, len(given), since, until)
+        log.info("Reading %s of %d deals changed in [%s, %s)", stream, len(deals), since, until)
         if since is None:
-            yield from self._activity_history(stream, given, primary_of, until)
+            yield from self._activity_history(stream, *_attribution(deals), until)
             return
         properties = self._activity_properties(stream)
         deleted = self._archived(
@@ -724,7 +716,13 @@ class HubSpotCRM:
         )
         search = self._object_api(stream, "search_api")
         pages = self._changed_pages(search, stream, since, until, properties)
+        attribution: tuple[dict[str, str | None], dict[str, list[str]]] | None = None
         for records in _with_deletions(pages, deleted):
+            if not records:
+                continue
+            if attribution is None:  # the deals are looked at only once something changed
+                attribution = _attribution(deals)
+            given, primary_of = attribution
             ids = [record.id for record in records]
             on_deals = self._associated(stream, "deals", ids)
             owners = {
@@ -1254,6 +1252,21 @@ def _error_text(error: Any) -> str:
     text = f"{error.category}: {error.message}"
     context = {k: v for k, v in (error.context or {}).items() if k != "objectWriteTraceId"}
     return text + (f" ({json.dumps(context, sort_keys=True)})" if context else "")
+
+
+def _attribution(
+    deals: Mapping[str, str | None],
+) -> tuple[dict[str, str | None], dict[str, list[str]]]:
+    """The deals' checked ids with their primary contacts, and the deals of each contact."""
+    given = {
+        _checked_id(deal_id): _checked_id(contact_id) if contact_id else None
+        for deal_id, contact_id in deals.items()
+    }
+    primary_of: dict[str, list[str]] = {}
+    for deal_id, contact_id in given.items():
+        if contact_id is not None:
+            primary_of.setdefault(contact_id, []).append(deal_id)
+    return given, primary_of
 
 
 def _checked_id(value: str) -> str:

@@ -347,13 +347,13 @@ class SalesforceCRM:
         """
         if stream not in self.activity_streams:
             raise ValueError(f"{stream!r} is not an activity stream of Salesforce")
-        given = {_checked_id(deal_id): contact for deal_id, contact in deals.items()}
-        log.info("Reading %s of %s deals changed in [%s, %s)", stream, len(given), since, until)
-        if since is not None and len(given) > ORG_CHANGES_FROM:
+        log.info("Reading %s of %s deals changed in [%s, %s)", stream, len(deals), since, until)
+        if since is not None and len(deals) > ORG_CHANGES_FROM:
             # An hour's changes: one query over the whole org (a page per 2,000 records)
             # costs less than reading them deal by deal; what is on none of them is dropped.
-            yield from self._org_changes(stream, given, since, until)
+            yield from self._org_changes(stream, deals, since, until)
             return
+        given = {_checked_id(deal_id): contact for deal_id, contact in deals.items()}
         ids_per_deal = 1 if stream == "EmailMessage" else 2  # the deal, and its contact
         for chunk in _in_lists(sorted(given), ids_per_value=ids_per_deal):
             deals_of: dict[str, list[str]] = {}
@@ -378,15 +378,20 @@ class SalesforceCRM:
                     yield _activity_frame(rows)
 
     def _org_changes(
-        self, stream: str, given: dict[str, str | None], since: datetime, until: datetime
+        self, stream: str, deals: Mapping[str, str | None], since: datetime, until: datetime
     ) -> Iterator[pd.DataFrame]:
-        deals_of: dict[str, list[str]] = {}
-        if stream != "EmailMessage":
-            for deal_id, contact in given.items():
-                if contact:
-                    deals_of.setdefault(_checked_id(contact), []).append(deal_id)
         soql = self.activities_soql(stream, [], [], since, until)
+        given: dict[str, str | None] | None = None
+        deals_of: dict[str, list[str]] = {}
         for records in self._pages(soql, include_deleted=True):
+            if not records:
+                continue
+            if given is None:  # the deals are looked at only once something changed
+                given = dict(deals)
+                if stream != "EmailMessage":
+                    for deal_id, contact in given.items():
+                        if contact:
+                            deals_of.setdefault(contact, []).append(deal_id)
             rows = []
             for record in records:
                 related = record.get("RelatedToId" if stream == "EmailMessage" else "WhatId")

@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -52,14 +54,13 @@ def extract_activities(
     if not settings.red_flags.enabled:
         return {"activities_read": 0, "api_calls": 0}
     flags = RedFlagStore(store)
-    onboarding = flags.onboarding_deals(crm.source, window_start(settings, window_end))
-    contacts = {
-        row.deal_id: (row.record.get("primary_contact") or {}).get("id")
-        for row in onboarding.itertuples()
-    }
-    covered = flags.covered(crm.source, contacts)
-    new = {deal: contact for deal, contact in contacts.items() if deal not in covered}
-    known = {deal: contact for deal, contact in contacts.items() if deal in covered}
+    won_after = window_start(settings, window_end)
+    new = flags.watched_deals(crm.source, won_after, covered=False)
+    # Needed only to attribute what changed: a quiet hour never loads it.
+    known = LoadedOnUse(
+        partial(flags.watched_deals, crm.source, won_after, covered=True),
+        size=flags.count_watched(crm.source, won_after, covered=True),
+    )
     overlap = timedelta(seconds=settings.detection.extract_overlap_seconds)
     calls_before = crm.api_calls
     read = 0
@@ -81,16 +82,38 @@ def extract_activities(
     log.info(
         "Read %s activities of %s onboarding deals (%s for the first time), %s API calls",
         read,
-        len(contacts),
+        len(new) + len(known),
         len(new),
         calls,
     )
     return {
         "activities_read": read,
-        "deals_watched": len(contacts),
+        "deals_watched": len(new) + len(known),
         "deals_backfilled": len(new),
         "api_calls": calls,
     }
+
+
+class LoadedOnUse(Mapping[str, Any]):
+    """A mapping whose size is known up front and whose items are loaded on first use."""
+
+    def __init__(self, load: Callable[[], Mapping[str, Any]], *, size: int) -> None:
+        self._load, self._size = load, size
+        self._items: Mapping[str, Any] | None = None
+
+    def _loaded(self) -> Mapping[str, Any]:
+        if self._items is None:
+            self._items = self._load()
+        return self._items
+
+    def __len__(self) -> int:
+        return self._size if self._items is None else len(self._items)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._loaded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaded())
 
 
 def rule_deals(onboarding: pd.DataFrame, settings: Settings) -> pd.DataFrame:

@@ -103,20 +103,39 @@ class RedFlagStore:
             self.store.mark_flags_due(conn, source, [row["deal_id"] for row in values])
         return len(values)
 
-    def covered(self, source: str, deal_ids: Iterable[str]) -> set[str]:
-        """The deals whose whole history was read once already."""
-        found: set[str] = set()
+    def _watched(self, source: str, won_after: datetime, covered: bool, *columns: Any) -> Any:
+        """Active onboardings won after ``won_after`` whose whole history was read once
+        (``covered``) or not yet. The coverage test is on the onboarding row alone, so a
+        snapshot is looked up only for the rows that pass it."""
+        read_once = exists().where(
+            activity_coverage.c.source == onboarding.c.source,
+            activity_coverage.c.deal_id == onboarding.c.deal_id,
+        )
+        return select(*columns).where(
+            onboarding.c.source == source,
+            onboarding.c.status == "active",
+            onboarding.c.won_at >= won_after,
+            read_once if covered else ~read_once,
+        )
+
+    def watched_deals(
+        self, source: str, won_after: datetime, *, covered: bool
+    ) -> dict[str, str | None]:
+        """Those onboardings with their primary contact id, read in SQL from the snapshot (no
+        snapshot is parsed): what an activity read attributes records with."""
+        contact = deals.c.record[("primary_contact", "id")].as_string()
+        query = self._watched(source, won_after, covered, onboarding.c.deal_id, contact).join_from(
+            onboarding,
+            deals,
+            and_(deals.c.source == onboarding.c.source, deals.c.deal_id == onboarding.c.deal_id),
+        )
         with self.engine.connect() as conn:
-            for chunk in chunked(list(deal_ids), 1000):
-                found.update(
-                    conn.execute(
-                        select(activity_coverage.c.deal_id).where(
-                            activity_coverage.c.source == source,
-                            activity_coverage.c.deal_id.in_(chunk),
-                        )
-                    ).scalars()
-                )
-        return found
+            return dict(conn.execute(query.order_by(onboarding.c.deal_id)).all())
+
+    def count_watched(self, source: str, won_after: datetime, *, covered: bool) -> int:
+        with self.engine.connect() as conn:
+            query = self._watched(source, won_after, covered, func.count())
+            return conn.execute(query.select_from(onboarding)).scalar_one()
 
     def mark_covered(
         self, source: str, deal_ids: Sequence[str], at: datetime, watermarks: dict[str, datetime]
